@@ -1,0 +1,14 @@
+"""pybonsai: run 1-bit (Q1_0) Bonsai LLMs in-process."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["Llama", "__version__"]
+
+
+def __getattr__(name: str):
+    # Import the compiled core only when it is needed, so that the pure-Python modules
+    # (chat templates, text assembly, synthetic models) import without it.
+    if name == "Llama":
+        from .llama import Llama
+        return Llama
+    raise AttributeError(f"module 'pybonsai' has no attribute {name!r}")
