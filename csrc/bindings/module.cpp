@@ -1,0 +1,19 @@
+// pybonsai._core: a thin pybind11 layer over llama.h. Logic lives in Python (src/pybonsai).
+#include "core.h"
+
+#include "llama.h"
+
+PYBIND11_MODULE(_core, m) {
+    using namespace pybonsai;
+    m.doc() = "Thin bindings over the pinned llama.cpp (llama.h); use pybonsai.Llama instead.";
+    py::register_exception<LlamaError>(m, "LlamaError", PyExc_RuntimeError);
+    init_log(m);
+    llama_backend_init();
+    init_backend(m);
+    init_model(m);
+    init_context(m);
+    init_sampler(m);
+#ifdef PYBONSAI_LLAMA_CPP_COMMIT
+    m.attr("LLAMA_CPP_COMMIT") = PYBONSAI_LLAMA_CPP_COMMIT;
+#endif
+}

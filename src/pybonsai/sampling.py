@@ -1,0 +1,86 @@
+"""Sampling parameters, validated in Python, turned into a llama.cpp sampler chain."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+from . import _core
+
+DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: "pick a random seed"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What llama-cpp-python's create_completion accepts, with its defaults."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        def finite(name: str, v: float) -> None:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty"):
+            finite(name, getattr(self, name))
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        for name in ("top_p", "min_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {self.top_k!r}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat_penalty must be > 0 (1.0 disables it), got {self.repeat_penalty}")
+        if not isinstance(self.repeat_last_n, int) or self.repeat_last_n < 0:
+            raise ValueError(f"repeat_last_n must be an int >= 0, got {self.repeat_last_n!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= 0xFFFFFFFF):
+            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def penalized(self) -> bool:
+        return self.repeat_last_n > 0 and (
+            self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        )
+
+
+def resolve_seed(call_seed: Optional[int], model_seed: int) -> int:
+    """The call's seed, else the model's, else (DEFAULT_SEED) a fresh random one."""
+    if call_seed is not None:
+        return call_seed
+    if model_seed != DEFAULT_SEED:
+        return model_seed
+    return random.getrandbits(32)
+
+
+def build_sampler(model: "_core.Model", params: SamplingParams, seed: int) -> "_core.Sampler":
+    """Penalties, then greedy or top-k -> top-p -> min-p -> temperature -> seeded draw."""
+    chain = _core.Sampler()
+    if params.penalized:
+        chain.add_penalties(model, params.repeat_last_n, params.repeat_penalty,
+                            params.frequency_penalty, params.presence_penalty)
+    if params.greedy:
+        chain.add_greedy()
+        return chain
+    if params.top_k > 0:
+        chain.add_top_k(params.top_k)
+    if params.top_p < 1.0:
+        chain.add_top_p(params.top_p, 1)
+    if params.min_p > 0.0:
+        chain.add_min_p(params.min_p, 1)
+    chain.add_temp(params.temperature)
+    chain.add_dist(seed)
+    return chain
