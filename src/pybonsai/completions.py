@@ -119,6 +119,8 @@ def _generate_text(
             generator.close()
     if not assembler.stopped:
         step.text += assembler.finish()
+        if assembler.stopped:  # a stop string held back for a longer candidate, settled at the end
+            finish = "stop"
     step.finish_reason = finish
     yield step
 
@@ -256,4 +258,7 @@ def render_chat_prompt(llm: "Llama", messages: Sequence[dict], enable_thinking: 
     kwargs = dict(chat_template_kwargs or {})
     if enable_thinking is not None:
         kwargs["enable_thinking"] = enable_thinking
-    return template.render(list(messages), add_generation_prompt=True, **kwargs)
+    # OpenAI clients send an assistant turn with tool_calls and content None; templates want text.
+    messages = [dict(m, content="") if isinstance(m, dict) and m.get("role") == "assistant"
+                and m.get("content") is None else m for m in messages]
+    return template.render(messages, add_generation_prompt=True, **kwargs)

@@ -1,0 +1,110 @@
+"""Bad files and arguments become Python exceptions naming the cause, never a crash. The cases
+that reach llama.cpp's loader run in a subprocess, so a crash would show as its exit status."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import gguf
+import pytest
+
+from pybonsai import Llama
+
+CHILD = textwrap.dedent("""
+    import sys
+    from pybonsai import Llama
+    try:
+        Llama(sys.argv[1], n_ctx=32)
+    except Exception as e:
+        print("RAISED", type(e).__name__, str(e).replace("\\n", " | "))
+        sys.exit(0)
+    print("LOADED")
+""")
+
+
+def load_in_subprocess(path):
+    """Load `path` in a fresh interpreter; return (exit status, what it printed)."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        Llama(tmp_path / "nope.gguf")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        Llama(tmp_path)
+
+
+def test_not_a_gguf(tmp_path):
+    path = tmp_path / "notes.gguf"
+    path.write_text("just some text, long enough to hold a header")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        Llama(path)
+
+
+def test_wrong_argument_types(tiny_model_path):
+    with pytest.raises(TypeError):
+        Llama(12345)
+    with pytest.raises(TypeError):
+        Llama(tiny_model_path, n_ctx="big")
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.999])
+def test_truncated_gguf(tmp_path, tiny_model_path, fraction):
+    data = tiny_model_path.read_bytes()
+    path = tmp_path / "truncated.gguf"
+    path.write_bytes(data[: max(24, int(len(data) * fraction))])
+    status, out = load_in_subprocess(path)
+    assert status == 0, f"interpreter died ({status}): {out[-2000:]}"
+    assert "RAISED" in out and str(path) in out, out[-2000:]
+
+
+def test_unknown_tensor_type(tmp_path, tiny_model_path):
+    path = tmp_path / "unknown-type.gguf"
+    shutil.copy(tiny_model_path, path)
+    reader = gguf.GGUFReader(path, "r+")
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+    type_part = tensor.field.parts[-2]  # name length, name, n_dims, dims, type, offset
+    assert int(type_part[0]) == 41  # Q1_0, as written
+    type_part[0] = 97  # no such ggml type
+    reader.data.flush()
+    del reader
+    status, out = load_in_subprocess(path)
+    assert status == 0, f"interpreter died ({status}): {out[-2000:]}"
+    assert "RAISED" in out, out[-2000:]
+
+
+def test_hostile_header_counts(tmp_path, tiny_model_path):
+    data = bytearray(tiny_model_path.read_bytes())
+    data[16:24] = (2**62).to_bytes(8, "little")  # absurd number of key/value pairs
+    path = tmp_path / "hostile.gguf"
+    path.write_bytes(bytes(data))
+    status, out = load_in_subprocess(path)
+    assert status == 0, f"interpreter died ({status}): {out[-2000:]}"
+    assert "RAISED" in out, out[-2000:]
+
+
+def test_decode_rejects_out_of_range_tokens(tiny_model_path):
+    with Llama(tiny_model_path, n_ctx=32) as llm:
+        with pytest.raises(ValueError, match="out of range"):
+            llm.eval([llm.n_vocab() + 5])
+        with pytest.raises(ValueError, match="out of range"):
+            llm.create_completion([-1], max_tokens=2)
+
+
+def test_progress_callback_can_cancel_and_errors_propagate(tiny_model_path):
+    seen = []
+    with pytest.raises(RuntimeError, match="cancelled"):
+        Llama(tiny_model_path, progress_callback=lambda p: seen.append(p) or False)
+    assert seen
+
+    def boom(p):
+        raise KeyError("from the callback")
+
+    with pytest.raises(KeyError, match="from the callback"):
+        Llama(tiny_model_path, progress_callback=boom)
