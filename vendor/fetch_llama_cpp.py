@@ -155,6 +155,7 @@ def obtain_tree(dest: Path, cache: Path) -> None:
         raise FetchError(f"{dest} exists but is not a llama.cpp tree; remove it and rerun")
     if dest.exists():
         dest.rmdir()
+    dest.parent.mkdir(parents=True, exist_ok=True)
     local = os.environ.get("PYBONSAI_LLAMA_CPP_DIR")
     if local:
         src = Path(local).expanduser().resolve()
