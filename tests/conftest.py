@@ -1,0 +1,41 @@
+"""Shared fixtures: the llama.cpp tree and a tiny synthetic Q1_0 Qwen3 model."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# With --import-mode=importlib the tests directory is not on sys.path; put it there so that
+# test modules can import helpers that live next to them (qwen3_reference).
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from pybonsai import synth  # noqa: E402
+
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_dir() -> Path:
+    """The pinned llama.cpp tree; its absence is a broken checkout, so fail (never skip)."""
+    try:
+        return synth.find_llama_cpp_dir()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, llama_cpp_dir: Path) -> Path:
+    """The "tiny" synthetic model (seed 0), written once per session."""
+    path = tmp_path_factory.mktemp("models") / "tiny-q1_0.gguf"
+    return synth.write_model(path, "tiny", seed=TINY_SEED,
+                             vocab_gguf=llama_cpp_dir / synth.VOCAB_GGUF,
+                             chat_template=(llama_cpp_dir / synth.CHAT_TEMPLATE).read_text("utf-8"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_model_path: Path) -> dict:
+    """Dequantized float32 weights (and "hparams") of the tiny model."""
+    return synth.read_weights(tiny_model_path)
