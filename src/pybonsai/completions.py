@@ -57,9 +57,19 @@ def _prompt_tokens(llm: "Llama", prompt: Union[str, Sequence[int]]) -> list[int]
         if llm.token_bos() < 0:
             raise ValueError("the prompt is empty and the model has no BOS token to start from")
         tokens = [llm.token_bos()]
+    _check_fits(llm, tokens)
+    return tokens
+
+
+def _check_fits(llm: "Llama", tokens: list[int]) -> None:
     if len(tokens) > llm.n_ctx():
         raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {llm.n_ctx()}")
-    return tokens
+
+
+def _sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty, presence_penalty, seed):
+    """Completion-API argument names to Llama.generate's."""
+    return dict(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k, repeat_penalty=repeat_penalty,
+                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
 
 
 def _top_logprobs(llm: "Llama", logits: np.ndarray, token: int, n: int) -> tuple[float, dict[str, float]]:
@@ -160,11 +170,10 @@ def create_completion(
     if logprobs is not None and (not isinstance(logprobs, int) or logprobs < 0):
         raise ValueError(f"logprobs must be None or an int >= 0, got {logprobs!r}")
     tokens = _prompt_tokens(llm, prompt)
-    sampling = dict(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k, repeat_penalty=repeat_penalty,
-                    frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
     usage = _Usage()
-    steps = _generate_text(llm, tokens, usage, max_tokens=max_tokens, stop=_as_stop_list(stop),
-                           logprobs=logprobs, sampling=sampling)
+    steps = _generate_text(llm, tokens, usage, max_tokens=max_tokens, stop=_as_stop_list(stop), logprobs=logprobs,
+                           sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
+                                              frequency_penalty, presence_penalty, seed))
     head = {"id": new_id("cmpl"), "created": now(), "model": model or llm.model_path}
     prefix = llm.detokenize(tokens).decode("utf-8", errors="replace") if echo else ""
     if stream:
@@ -217,13 +226,11 @@ def create_chat_completion(
     """llama-cpp-python's create_chat_completion over the GGUF's (or the given) chat template."""
     prompt = render_chat_prompt(llm, messages, enable_thinking, chat_template_kwargs)
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-    if len(tokens) > llm.n_ctx():
-        raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {llm.n_ctx()}")
-    sampling = dict(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k, repeat_penalty=repeat_penalty,
-                    frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
+    _check_fits(llm, tokens)
     usage = _Usage()
-    steps = _generate_text(llm, tokens, usage, max_tokens=max_tokens, stop=_as_stop_list(stop),
-                           logprobs=None, sampling=sampling)
+    steps = _generate_text(llm, tokens, usage, max_tokens=max_tokens, stop=_as_stop_list(stop), logprobs=None,
+                           sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
+                                              frequency_penalty, presence_penalty, seed))
     head = {"id": new_id("chatcmpl"), "created": now(), "model": model or llm.model_path}
     if stream:
         return _stream_chat(head, steps)
