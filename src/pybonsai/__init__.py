@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Llama", "__version__"]
+__all__ = ["Llama", "system_info", "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,7 @@ def __getattr__(name: str):
     if name == "Llama":
         from .llama import Llama
         return Llama
+    if name == "system_info":
+        from .backends import system_info
+        return system_info
     raise AttributeError(f"module 'pybonsai' has no attribute {name!r}")

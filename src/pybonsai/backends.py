@@ -6,7 +6,8 @@ from pathlib import Path
 
 from . import _core
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The compiled libraries sit next to the extension (not next to this file in editable installs).
+LIB_DIR = Path(_core.__file__).resolve().parent
 _lock = threading.Lock()
 _loaded = False
 
@@ -17,11 +18,11 @@ def ensure_loaded() -> None:
     with _lock:
         if _loaded:
             return
-        _core.load_backends(str(PACKAGE_DIR))
+        _core.load_backends(str(LIB_DIR))
         if not any(d["type"] == "cpu" for d in _core.devices()):
-            shipped = sorted(p.name for p in PACKAGE_DIR.glob("*ggml-cpu*"))
+            shipped = sorted(p.name for p in LIB_DIR.glob("*ggml-cpu*"))
             raise RuntimeError(
-                f"no CPU backend could be loaded from {PACKAGE_DIR} (found: {shipped or 'none'}); "
+                f"no CPU backend could be loaded from {LIB_DIR} (found: {shipped or 'none'}); "
                 "the installation is incomplete or this CPU is not supported. "
                 + (_core.take_log() or "")
             )
@@ -32,3 +33,34 @@ def devices() -> list[dict]:
     """Every device of every loaded backend: name, description, type, backend, memory."""
     ensure_loaded()
     return list(_core.devices())
+
+
+def loaded_cpu_variant() -> str:
+    """Which CPU backend library this process loaded: a variant name such as 'icelake' in the
+    distributable build, 'native' in a developer build, 'unknown' where it cannot be told."""
+    ensure_loaded()
+    try:
+        with open("/proc/self/maps") as maps:
+            names = {line.rsplit("/", 1)[-1].strip() for line in maps if "ggml-cpu" in line}
+    except OSError:
+        return "unknown"
+    for name in sorted(names):
+        stem = name.split(".", 1)[0]  # libggml-cpu-icelake.so -> libggml-cpu-icelake
+        return stem[len("libggml-cpu-"):] if stem.startswith("libggml-cpu-") else "native"
+    return "unknown"
+
+
+def system_info() -> dict:
+    """What a bug report needs: versions, the llama.cpp pin, the CPU variant, backends, devices."""
+    from . import __version__
+
+    ensure_loaded()
+    return {
+        "pybonsai": __version__,
+        "llama_cpp_commit": getattr(_core, "LLAMA_CPP_COMMIT", "unknown"),
+        "cpu_variant": loaded_cpu_variant(),
+        "cpu_features": _core.system_info().strip(),
+        "backends": list(_core.backends()),
+        "devices": devices(),
+        "lib_dir": str(LIB_DIR),
+    }

@@ -77,6 +77,18 @@ class Llama:
         # Every evaluated position's logits when logits_all (as llama-cpp-python), else the last only.
         self.scores = np.zeros((self._ctx.n_ctx if logits_all else 1, self._model.n_vocab), dtype=np.float32)
 
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: Optional[str] = None, revision: Optional[str] = None,
+                        cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+                        local_files_only: bool = False, **kwargs: Any) -> "Llama":
+        """Load a GGUF from a Hugging Face Hub repository ("owner/name") or a catalog alias
+        ("bonsai-8b"), downloaded into the Hugging Face cache if needed; `filename` may be a glob.
+        See pybonsai.hub.from_pretrained; `kwargs` go to Llama()."""
+        from .catalog import resolve_hub_model
+        path = resolve_hub_model(repo_id, filename=filename, revision=revision, cache_dir=cache_dir,
+                                 local_files_only=local_files_only)
+        return cls(path, **kwargs)
+
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
         """Free the context and the model. Idempotent."""

@@ -1,0 +1,365 @@
+"""The `pybonsai` command (also `python -m pybonsai`).
+
+    pybonsai run "The capital of France is" -m bonsai-8b -n 32
+    pybonsai chat -m ./Bonsai-8B-Q1_0.gguf
+    pybonsai info bonsai-1.7b
+    pybonsai download prism-ml/Bonsai-4B-gguf --filename '*Q1_0.gguf'
+    pybonsai synth /tmp/tiny.gguf --shape tiny
+
+Models (-m) are a local .gguf path, a catalog alias (see `pybonsai download --help`) or an
+"owner/name" Hugging Face repository. Errors are one line on stderr and exit status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from . import __version__, catalog
+from .hub import HubError, split_parts
+
+__all__ = ["main", "build_parser", "scan_gguf", "GGUFSummary"]
+
+
+# --- GGUF header scan (for `info`) ---------------------------------------------------------
+#
+# gguf.GGUFReader builds numpy views of every key/value, which takes seconds for the ~150k
+# tokenizer strings of a Qwen vocabulary; `info` only needs the scalars and the tensor table,
+# so this walks the header with struct and skips the arrays. Type names and block sizes come
+# from the gguf package.
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]   # ggml order (ne0 first)
+    type: int
+    offset: int              # relative to the data section
+    n_elements: int
+    n_bytes: Optional[int]   # None for a type the gguf package does not know
+
+    @property
+    def type_name(self) -> str:
+        import gguf
+        try:
+            return gguf.GGMLQuantizationType(self.type).name
+        except ValueError:
+            return f"type{self.type}"
+
+
+@dataclass
+class GGUFSummary:
+    path: Path
+    version: int
+    metadata: dict[str, Any]           # scalars and strings; arrays as ("array", length)
+    kv_range: tuple[int, int]          # byte range of the key/value section
+    n_kv: int
+    tensors: list[TensorInfo] = field(default_factory=list)
+    alignment: int = 32
+    data_offset: int = 0
+
+
+def scan_gguf(path: str | os.PathLike) -> GGUFSummary:
+    """The metadata scalars and tensor table of a GGUF file (v2/v3), without reading arrays."""
+    import gguf
+
+    path = Path(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        if version not in (2, 3):
+            raise ValueError(f"{path} has GGUF version {version}; supported: 2, 3")
+        pos = 24
+
+        def read(fmt: str) -> Any:
+            nonlocal pos
+            value = struct.unpack_from(fmt, buf, pos)[0]
+            pos += struct.calcsize(fmt)
+            return value
+
+        def read_str() -> str:
+            nonlocal pos
+            n = read("<Q")
+            pos += n
+            return buf[pos - n:pos].decode("utf-8", "replace")
+
+        def skip_value(vtype: int, count: int) -> None:
+            nonlocal pos
+            if vtype in _SCALARS:
+                pos += struct.calcsize(_SCALARS[vtype]) * count
+            elif vtype == _STRING:
+                for _ in range(count):
+                    pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
+            elif vtype == _ARRAY:
+                for _ in range(count):
+                    sub, n = read("<I"), read("<Q")
+                    skip_value(sub, n)
+            else:
+                raise ValueError(f"{path}: unknown GGUF value type {vtype} at byte {pos}")
+
+        meta: dict[str, Any] = {}
+        kv_start = pos
+        for _ in range(n_kv):
+            key, vtype = read_str(), read("<I")
+            if vtype in _SCALARS:
+                meta[key] = read(_SCALARS[vtype])
+            elif vtype == _STRING:
+                meta[key] = read_str()
+            elif vtype == _ARRAY:
+                sub, n = read("<I"), read("<Q")
+                skip_value(sub, n)
+                meta[key] = ("array", n)
+            else:
+                raise ValueError(f"{path}: unknown GGUF value type {vtype} for key {key!r}")
+        kv_end = pos
+        tensors = []
+        for _ in range(n_tensors):
+            name = read_str()
+            n_dims = read("<I")
+            shape = tuple(read("<Q") for _ in range(n_dims))
+            ttype, offset = read("<I"), read("<Q")
+            n_el = 1
+            for d in shape:
+                n_el *= d
+            try:
+                block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
+                n_bytes: Optional[int] = n_el // block * type_size
+            except (ValueError, KeyError):
+                n_bytes = None
+            tensors.append(TensorInfo(name, shape, ttype, offset, n_el, n_bytes))
+        align = int(meta.get("general.alignment", 32))
+        data = (pos + align - 1) // align * align
+    return GGUFSummary(path, version, meta, (kv_start, kv_end), n_kv, tensors, align, data)
+
+
+def _all_tensors(summary: GGUFSummary) -> list[TensorInfo]:
+    """Tensors of the model, from every part of a split GGUF."""
+    count = int(summary.metadata.get("split.count", 0) or 0)
+    if count <= 1:
+        return summary.tensors
+    parts = split_parts(summary.path.name)
+    if len(parts) != count:
+        raise ValueError(f"{summary.path} is part of a {count}-part split GGUF but is not named "
+                         "NAME-00001-of-0000N.gguf")
+    tensors = list(summary.tensors)
+    for part in parts[1:]:
+        part_path = summary.path.with_name(part)
+        if not part_path.is_file():
+            raise FileNotFoundError(f"split part not found: {part_path}")
+        tensors += scan_gguf(part_path).tensors
+    return tensors
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def _hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"filename": getattr(args, "filename", None), "revision": getattr(args, "revision", None),
+            "local_files_only": getattr(args, "offline", False)}
+
+
+def _model_path(args: argparse.Namespace) -> Path:
+    return catalog.resolve_model(args.model, **_hub_kwargs(args))
+
+
+def _load(args: argparse.Namespace):
+    from .llama import Llama
+
+    return Llama(_model_path(args), n_ctx=args.ctx, n_threads=args.threads, verbose=args.verbose)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"seed": args.seed}
+    if args.temp is not None:
+        out["temperature"] = args.temp
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    llm = _load(args)
+    out = sys.stdout
+    for chunk in llm.create_completion(args.prompt, max_tokens=args.n, stream=True, **_sampling(args)):
+        out.write(chunk["choices"][0]["text"])
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat_repl import chat_loop
+
+    llm = _load(args)
+    thinking = {"on": True, "off": False, "auto": None}[args.think]
+    return chat_loop(llm, enable_thinking=thinking, max_tokens=args.n, system=args.system,
+                     sampling=_sampling(args), model_name=args.model)
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .gguf_file import check_gguf_path
+
+    path = check_gguf_path(_model_path(args))
+    summary = scan_gguf(path)
+    meta = summary.metadata
+    tensors = _all_tensors(summary)
+    arch = meta.get("general.architecture", "unknown")
+    n_params = sum(t.n_elements for t in tensors)
+    hist: dict[str, list[int]] = {}
+    for t in tensors:
+        row = hist.setdefault(t.type_name, [0, 0, 0])
+        row[0] += 1
+        row[1] += t.n_elements
+        row[2] += t.n_bytes or 0
+    total_bytes = sum(r[2] for r in hist.values())
+    unknown = [t.name for t in tensors if t.n_bytes is None]
+    lines = [
+        f"file:             {path} ({path.stat().st_size / 1e6:.1f} MB"
+        + (f", split in {meta['split.count']} parts" if int(meta.get("split.count", 0) or 0) > 1 else "") + ")",
+        f"name:             {meta.get('general.name', '-')}",
+        f"architecture:     {arch}",
+        f"parameters:       {n_params:,} ({_fmt_count(n_params)})",
+        f"tensors:          {len(tensors)}",
+        f"bits per weight:  {8 * total_bytes / n_params:.4f}" if n_params and not unknown else
+        "bits per weight:  unknown (tensor types unknown to the gguf package)",
+        f"context length:   {meta.get(f'{arch}.context_length', 'unknown')}",
+        f"chat template:    {'yes' if 'tokenizer.chat_template' in meta else 'no'}",
+        "tensor types:",
+        f"  {'type':<8} {'tensors':>8} {'parameters':>14} {'bytes':>14} {'share':>7}",
+    ]
+    for name, (count, n_el, n_bytes) in sorted(hist.items(), key=lambda kv: -kv[1][2]):
+        share = f"{100 * n_bytes / total_bytes:6.2f}%" if total_bytes else "      -"
+        lines.append(f"  {name:<8} {count:>8} {n_el:>14,} {n_bytes:>14,} {share}")
+    print("\n".join(lines))
+    print("devices:")
+    from . import backends
+
+    for dev in backends.devices():
+        mem = f", {dev['memory_total'] / 2**30:.1f} GiB" if dev.get("memory_total") else ""
+        print(f"  {dev.get('name', '?')}: {dev.get('description', '')} ({dev.get('type', '?')}{mem})")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    path = catalog.resolve_hub_model(args.model, **_hub_kwargs(args))
+    print(path)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from . import synth
+
+    argv = [args.out, "--shape", args.shape, "--seed", str(args.seed)] + (["--force"] if args.force else [])
+    return synth.main(argv)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    help_ = (f"a local .gguf file, a catalog alias ({', '.join(catalog.MODELS)}) or a Hugging Face "
+             f"repository 'owner/name' (default: {catalog.DEFAULT_MODEL})")
+    if positional:
+        p.add_argument("model", nargs="?", default=catalog.DEFAULT_MODEL, help=help_)
+    else:
+        p.add_argument("-m", "--model", default=catalog.DEFAULT_MODEL, help=help_)
+    p.add_argument("--filename", help="file (or glob) to take from a Hub repository")
+    p.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
+    p.add_argument("--offline", action="store_true",
+                   help="use the Hugging Face cache only (same as HF_HUB_OFFLINE=1)")
+
+
+def _runtime_options(p: argparse.ArgumentParser, n_default: Optional[int]) -> None:
+    p.add_argument("-n", "--max-tokens", dest="n", type=int, default=n_default,
+                   help=f"tokens to generate (default: {n_default or 'until the model stops'})")
+    p.add_argument("--temp", type=float, help="sampling temperature (0 = greedy)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every usable core)")
+    p.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default: 4096)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pybonsai", description="Run 1-bit Bonsai LLMs (GGUF Q1_0).",
+                                     epilog="known models:\n" + catalog.describe() + "\n(sizes are approximate)",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pybonsai {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="complete a prompt, streaming to stdout")
+    p.add_argument("prompt")
+    _model_options(p)
+    _runtime_options(p, 128)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat with the model's chat template")
+    _model_options(p)
+    _runtime_options(p, None)
+    p.add_argument("--think", choices=("on", "off", "auto"), default="auto",
+                   help="Qwen3 thinking at start (auto: the template's default); /think, /no_think toggle")
+    p.add_argument("--system", help="system prompt")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("info", help="architecture, parameters, tensor types, bits per weight, devices")
+    _model_options(p, positional=True)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("download", help="fetch a model into the Hugging Face cache and print its path",
+                       epilog="known models:\n" + catalog.describe() + "\n(sizes are approximate)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_options(p, positional=True)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("synth", help="write a synthetic Qwen3 Q1_0 GGUF (random weights, for tests)")
+    p.add_argument("out")
+    p.add_argument("--shape", default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = str(exc.args[0])
+    return text or type(exc).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")  # model text must never crash on a narrow console
+        except (AttributeError, ValueError):
+            pass
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `pybonsai run ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except (HubError, OSError, ValueError, RuntimeError, ImportError) as exc:
+        print(f"pybonsai: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
