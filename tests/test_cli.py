@@ -153,3 +153,49 @@ def test_help_lists_known_models():
     for alias, entry in catalog.MODELS.items():
         assert alias in proc.stdout and entry.repo_id in proc.stdout
     assert "approximate" in proc.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+def test_chat_ctrl_c_stops_the_answer_not_the_program(tiny_model_path):
+    import signal
+    import threading
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pybonsai", "chat", "-m", str(tiny_model_path), "--ctx", "2048",
+                             "--seed", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+    got = {"out": b"", "err": b""}
+
+    def pump(name, stream):
+        while chunk := stream.read1(4096):
+            got[name] += chunk
+
+    threads = [threading.Thread(target=pump, args=(n, s), daemon=True)
+               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in threads:
+        t.start()
+
+    def wait_for(cond, what):
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert time.monotonic() < deadline and proc.poll() is None, (what, got)
+            time.sleep(0.02)
+
+    try:
+        for n, line in enumerate((b"hello\n", b"hi\n"), start=1):
+            before = len(got["out"])
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            wait_for(lambda: len(got["out"]) > before + 8, "an answer streaming")   # no -n: a long answer
+            proc.send_signal(signal.SIGINT)
+            wait_for(lambda: got["err"].count(b"[answer stopped]") == n, "the answer stopped")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)                                       # at the prompt: quit
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for t in threads:
+        t.join(timeout=10)
+    assert b"Traceback" not in got["err"]
