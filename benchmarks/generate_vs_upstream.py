@@ -7,30 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
+from common import model_file, run_llama_bench, upstream_llama_bench
 from pybonsai import Llama
-from pybonsai.synth import write_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def model_file(shape: str) -> Path:
-    path = ROOT / "build" / "models" / f"synth-{shape}.gguf"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_model(path, shape=shape, seed=0)
-    return path
-
-
-def upstream_tg(bench: str, model: Path, n: int, threads: int) -> float:
-    out = subprocess.run([bench, "-m", str(model), "-p", "0", "-n", str(n), "-t", str(threads), "-r", "1",
-                          "-o", "json"], check=True, capture_output=True, text=True).stdout
-    return float(json.loads(out)[0]["avg_ts"])
 
 
 def pybonsai_tg(llm: Llama, n: int) -> float:
@@ -48,14 +29,13 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    bench = subprocess.run([str(ROOT / "benchmarks" / "build_upstream.sh")], check=True, capture_output=True,
-                           text=True).stdout.strip()
+    bench = upstream_llama_bench()
     model = model_file(args.shape)
     llm = Llama(model, n_ctx=512, n_threads=args.threads)
     llm.create_completion("Hello", max_tokens=2, temperature=0)  # warm-up, as llama-bench does
     ours, theirs = [], []
     for _ in range(args.reps):
-        theirs.append(upstream_tg(bench, model, args.n, args.threads))
+        theirs.append(run_llama_bench(bench, model, 0, args.n, args.threads)[f"tg{args.n}"])
         ours.append(pybonsai_tg(llm, args.n))
     fmt = lambda xs: f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.2f} t/s"
     print(f"model {model.name} ({model.stat().st_size / 1e9:.3f} GB), threads {args.threads}, n {args.n}, reps {args.reps}")

@@ -1,8 +1,10 @@
 """Loading ggml's backend modules (CPU variants, later CUDA) from the package directory."""
 from __future__ import annotations
 
+import ctypes
 import threading
 from pathlib import Path
+from typing import Optional
 
 from . import _core
 
@@ -35,19 +37,37 @@ def devices() -> list[dict]:
     return list(_core.devices())
 
 
-def loaded_cpu_variant() -> str:
-    """Which CPU backend library this process loaded: a variant name such as 'icelake' in the
-    distributable build, 'native' in a developer build, 'unknown' where it cannot be told."""
+def _loaded_cpu_library() -> Optional[str]:
+    """Path of the CPU backend library mapped into this process (Linux), else None."""
     ensure_loaded()
     try:
         with open("/proc/self/maps") as maps:
-            names = {line.rsplit("/", 1)[-1].strip() for line in maps if "ggml-cpu" in line}
+            paths = {line.split(None, 5)[-1].strip() for line in maps if "ggml-cpu" in line}
     except OSError:
+        return None
+    return min(paths) if paths else None
+
+
+def loaded_cpu_variant() -> str:
+    """Which CPU backend library this process loaded: a variant name such as 'icelake' in the
+    distributable build, 'native' in a developer build, 'unknown' where it cannot be told."""
+    path = _loaded_cpu_library()
+    if path is None:
         return "unknown"
-    for name in sorted(names):
-        stem = name.split(".", 1)[0]  # libggml-cpu-icelake.so -> libggml-cpu-icelake
-        return stem[len("libggml-cpu-"):] if stem.startswith("libggml-cpu-") else "native"
-    return "unknown"
+    stem = Path(path).name.split(".", 1)[0]  # libggml-cpu-icelake.so -> libggml-cpu-icelake
+    return stem[len("libggml-cpu-"):] if stem.startswith("libggml-cpu-") else "native"
+
+
+def q1_0_kernel_path() -> str:
+    """The Q1_0 matmul path in use: 'avx512', 'avx2', 'scalar' (ours) or 'upstream'."""
+    path = _loaded_cpu_library()
+    if path is None:
+        return "unknown"
+    name_fn = getattr(ctypes.CDLL(path), "pybonsai_q1_0_kernel_name", None)
+    if name_fn is None:
+        return "upstream"  # a build without our kernels
+    name_fn.restype = ctypes.c_char_p
+    return name_fn().decode()
 
 
 def system_info() -> dict:
@@ -59,6 +79,7 @@ def system_info() -> dict:
         "pybonsai": __version__,
         "llama_cpp_commit": getattr(_core, "LLAMA_CPP_COMMIT", "unknown"),
         "cpu_variant": loaded_cpu_variant(),
+        "q1_0_kernel": q1_0_kernel_path(),
         "cpu_features": _core.system_info().strip(),
         "backends": list(_core.backends()),
         "devices": devices(),
