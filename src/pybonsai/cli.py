@@ -332,10 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        text = str(exc.args[0])
-    return text or type(exc).__name__
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

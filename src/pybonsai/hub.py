@@ -145,6 +145,14 @@ def _is_network_error(exc: BaseException) -> bool:
     return False
 
 
+def _transient(exc: BaseException) -> bool:
+    """The Hub could not be reached or failed on its side (worth falling back to the cache)."""
+    if _is_network_error(exc):
+        return True
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(exc, _hf().utils.HfHubHTTPError) and status is not None and status >= 500
+
+
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
@@ -204,7 +212,7 @@ def _list_repo(repo_id: str, revision: Optional[str], cache_dir: Optional[PathLi
             return list(_hf().HfApi().list_repo_files(repo_id, revision=revision))
         except Exception as exc:  # noqa: BLE001 - translated below
             err = _hub_error(exc, repo_id, "the file list", revision, local_only)
-            if not (isinstance(err, HubError) and _is_network_error(exc)):
+            if not _transient(exc):
                 raise err from None
             cached = _cached_files(repo_id, revision, cache_dir)
             if cached is None:
