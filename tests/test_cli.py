@@ -1,6 +1,7 @@
 """The `pybonsai` command line, run as `python -m pybonsai` in subprocesses."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -198,3 +199,14 @@ def test_chat_ctrl_c_stops_the_answer_not_the_program(tiny_model_path):
             for t in threads:
                 t.join(timeout=10)
     assert b"Traceback" not in got["err"]
+
+
+def test_bench_reports_pp_and_tg_as_json(tiny_model_path):
+    proc = subprocess.run([sys.executable, "-m", "pybonsai", "bench", str(tiny_model_path), "-p", "16", "-n", "4",
+                           "-r", "2", "-t", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["test"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"pp16", "tg4"}
+    for r in rows.values():
+        assert r["tokens_per_s"] > 0 and len(r["samples"]) == 2 and r["peak_rss_mb"] > 0
+        assert r["q1_0_kernel"] in ("avx512", "avx2", "scalar", "upstream")

@@ -266,6 +266,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return synth.main(argv)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.main(args.bench_args)
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -328,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("bench", add_help=False, help="prompt/generation speed like llama-bench (see bench --help)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -341,6 +351,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stream.reconfigure(errors="replace")  # model text must never crash on a narrow console
         except (AttributeError, ValueError):
             pass
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser, options included (argparse would eat --help)
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
