@@ -14,10 +14,12 @@
 // so a 4-byte broadcast of the activation against the expanded bits gives per-row dot
 // products in lanes without any horizontal reduction. Rows past the end are zero padded.
 //
-// Activations are quantized per token into int8 per 128-column block, scale d = amax/127,
-// plus two floats per block: c1 = 2*d and c2 = d*sum(q). Then, with S1 the sum of q over
-// set bits, a block contributes  dw * (c1*S1 - c2)  (since sum (2b-1) q = 2*S1 - sum q).
-// Token layout (q1k_act_stride bytes): int8 q[nb*128], float c1[nb], float c2[nb].
+// Activations are quantized per token into int8 with one scale per 32 columns, as ggml's Q8_0
+// does (d = amax/127, q = round(x * 127/amax)), so the int8 values equal upstream's. Stored per
+// 32 columns: c1 = 2*d; per 128-block: corr = sum over its 4 sub-blocks of d*sum(q). With S1_c
+// the sum of q over set bits in sub-block c, a block contributes
+//     dw * (sum_c c1_c * S1_c - corr)      (since sum (2b-1) q = 2*S1 - sum q).
+// Token layout (q1k_act_stride bytes): int8 q[nb*128], float c1[nb*4], float corr[nb].
 #ifndef PYBONSAI_Q1_0_KERNELS_H
 #define PYBONSAI_Q1_0_KERNELS_H
 
@@ -42,7 +44,7 @@ static inline size_t q1k_packed_size(int64_t nrows, int64_t K) {
 /* bytes of one quantized activation row (64-byte multiple) */
 static inline size_t q1k_act_stride(int64_t K) {
     size_t nb = (size_t) (K / Q1K_QK);
-    return (nb * (Q1K_QK + 8) + 63) & ~(size_t) 63;
+    return (nb * (Q1K_QK + 20) + 63) & ~(size_t) 63;
 }
 
 /* src: nrows rows of K/128 Q1_0 blocks (18 bytes each) -> dst (q1k_packed_size bytes) */

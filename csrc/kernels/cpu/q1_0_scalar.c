@@ -64,25 +64,29 @@ static void quant_scalar(const float * x, void * dst, int64_t K) {
     const int64_t nb = K / Q1K_QK;
     int8_t * q       = (int8_t *) dst;
     float * c1       = (float *) (q + nb * Q1K_QK);
-    float * c2       = c1 + nb;
+    float * corr     = c1 + nb * 4;
     for (int64_t b = 0; b < nb; b++) {
-        const float * xb = x + b * Q1K_QK;
-        float amax       = 0.0f;
-        for (int i = 0; i < Q1K_QK; i++) {
-            const float a = fabsf(xb[i]);
-            amax          = a > amax ? a : amax;
+        float cb = 0.0f;
+        for (int c = 0; c < 4; c++) {
+            const float * xs = x + b * Q1K_QK + 32 * c;
+            float amax       = 0.0f;
+            for (int i = 0; i < 32; i++) {
+                const float a = fabsf(xs[i]);
+                amax          = a > amax ? a : amax;
+            }
+            const float d  = amax / 127.0f;
+            const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+            int sum        = 0;
+            for (int i = 0; i < 32; i++) {
+                int v = (int) nearbyintf(xs[i] * id);
+                v     = v > 127 ? 127 : (v < -127 ? -127 : v);
+                q[b * Q1K_QK + 32 * c + i] = (int8_t) v;
+                sum += v;
+            }
+            c1[b * 4 + c] = 2.0f * d;
+            cb += d * (float) sum;
         }
-        const float d  = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        int sum        = 0;
-        for (int i = 0; i < Q1K_QK; i++) {
-            int v = (int) nearbyintf(xb[i] * id);
-            v     = v > 127 ? 127 : (v < -127 ? -127 : v);
-            q[b * Q1K_QK + i] = (int8_t) v;
-            sum += v;
-        }
-        c1[b] = 2.0f * d;
-        c2[b] = d * (float) sum;
+        corr[b] = cb;
     }
 }
 
@@ -93,25 +97,27 @@ static void gemm_scalar(const void * w, int64_t K, int64_t nrows, int64_t g0, in
         const uint8_t *  gbits  = (const uint8_t *) w + (size_t) g * nb * Q1K_GROUP_BLOCK_BYTES;
         const uint16_t * gscale = (const uint16_t *) (gbits + (size_t) nb * 256);
         for (int64_t t = 0; t < ntok; t++) {
-            const int8_t * q  = (const int8_t *) ((const uint8_t *) act + t * act_stride);
-            const float *  c1 = (const float *) (q + nb * Q1K_QK);
-            const float *  c2 = c1 + nb;
+            const int8_t * q    = (const int8_t *) ((const uint8_t *) act + t * act_stride);
+            const float *  c1   = (const float *) (q + nb * Q1K_QK);
+            const float *  corr = c1 + nb * 4;
             float acc[Q1K_ROWS] = { 0 };
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t * bits = gbits + b * 256;
                 const int8_t *  qb   = q + b * Q1K_QK;
                 for (int r = 0; r < Q1K_ROWS; r++) {
-                    int s1 = 0;
+                    float blk = 0.0f;
                     for (int c = 0; c < 4; c++) {
+                        int s1 = 0;
                         for (int j = 0; j < 4; j++) {
                             const unsigned byte = bits[c * 64 + 4 * r + j];
                             for (int p = 0; p < 8; p++) {
                                 s1 += ((byte >> p) & 1) ? qb[32 * c + 4 * p + j] : 0;
                             }
                         }
+                        blk += c1[b * 4 + c] * (float) s1;
                     }
                     const float dw = q1k_half_to_float(gscale[b * Q1K_ROWS + r]);
-                    acc[r] += dw * (c1[b] * (float) s1 - c2[b]);
+                    acc[r] += dw * (blk - corr[b]);
                 }
             }
             for (int r = 0; r < Q1K_ROWS; r++) {

@@ -49,7 +49,7 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
     int bad = 0;
     if (memcmp(act, act_s, st * (size_t) ntok) != 0) {  // same int8, same scales on every path
         for (int64_t t = 0; t < ntok; t++)
-            if (memcmp(act + t * st, act_s + t * st, nb * (Q1K_QK + 8)) != 0) {
+            if (memcmp(act + t * st, act_s + t * st, nb * (Q1K_QK + 20)) != 0) {
                 printf("  %s quant differs from scalar (token %lld)\n", k->name, (long long) t);
                 bad = 1;
                 break;
@@ -76,11 +76,11 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
                 double s = 0, sx = 0;
                 for (int i = 0; i < Q1K_QK; i++) {
                     const int sign = (qs[i >> 3] >> (i & 7)) & 1 ? 1 : -1;
-                    s += sign * q[b * Q1K_QK + i];
+                    s += sign * q[b * Q1K_QK + i] * (c1[b * 4 + i / 32] * 0.5);
                     sx += sign * x[t * K + b * Q1K_QK + i];
                     scale += fabs(d * x[t * K + b * Q1K_QK + i]);
                 }
-                ref += d * (c1[b] * 0.5) * s;
+                ref += d * s;
                 exact += d * sx;
             }
             const double got = out[t * nrows + r];
