@@ -108,3 +108,66 @@ def test_progress_callback_can_cancel_and_errors_propagate(tiny_model_path):
 
     with pytest.raises(KeyError, match="from the callback"):
         Llama(tiny_model_path, progress_callback=boom)
+
+
+CORE_MISUSE = textwrap.dedent("""
+    import sys, threading
+    import numpy as np
+    from pybonsai import _core, backends
+    backends.ensure_loaded()
+    path = sys.argv[1]
+    m = _core.Model(path)
+    ctx = _core.Context(m, n_ctx=64, n_batch=16, n_ubatch=16, n_threads=1, n_threads_batch=1)
+
+    def expect(exc, fn):
+        try:
+            fn()
+        except exc as e:
+            print("ok", type(e).__name__)
+        else:
+            print("NO EXCEPTION"); sys.exit(3)
+
+    ctx.decode([1, 2, 3], 0, False)
+    expect(IndexError, lambda: _core.Sampler().sample(ctx, 0))   # position 0 has no logits
+    s = _core.Sampler(); s.add_greedy(); s.sample(ctx, 2); s.sample(ctx, -1)
+    first = ctx.logits()
+    ctx.decode(list(range(4, 20)), 3, True)                      # bigger output buffer now
+    assert first.shape == (1, m.n_vocab) and np.isfinite(first).all()
+    expect(ValueError, lambda: ctx.logits(out=np.zeros((2, 2), np.float32)))
+    expect(ValueError, lambda: _core.Context(_core.Model(path, vocab_only=True)))
+    expect(ValueError, lambda: _core.Sampler().add_penalties(m, 2**25, 1.1))
+    s.accept(10**9)                                               # any int32 token: no crash
+    ctx.close()
+    expect(RuntimeError, lambda: ctx.logits())
+    expect(RuntimeError, lambda: ctx.decode([1], 0, False))
+
+    # Closing a context while another thread decodes must neither hang nor crash.
+    ctx2 = _core.Context(m, n_ctx=256, n_batch=16, n_ubatch=16, n_threads=1, n_threads_batch=1)
+    def worker():
+        try:
+            for i in range(200):
+                ctx2.memory_clear(); ctx2.decode(list(range(1, 17)), 0, True)
+        except RuntimeError:
+            pass
+    t = threading.Thread(target=worker); t.start()
+    ctx2.close(); t.join(60)
+    print("joined", not t.is_alive())
+""")
+
+
+def test_core_misuse_raises_instead_of_crashing(tiny_model_path):
+    proc = subprocess.run([sys.executable, "-c", CORE_MISUSE, str(tiny_model_path)], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
+    assert proc.stdout.count("ok ") == 6 and "joined True" in proc.stdout, proc.stdout
+
+
+def test_failed_eval_leaves_a_usable_context(tiny_model_path):
+    with Llama(tiny_model_path, n_ctx=256, n_batch=8) as llm:
+        good = llm.tokenize(b"a b c d e f g h i j k")
+        with pytest.raises(ValueError, match="out of range"):
+            llm.eval(good + [llm.n_vocab() + 1])   # the first chunk decodes, a later one fails
+        assert llm.n_tokens in (0, 8)
+        expected = llm.create_completion(good, max_tokens=4, temperature=0)["choices"][0]["text"]
+        llm.reset()
+        assert llm.create_completion(good, max_tokens=4, temperature=0)["choices"][0]["text"] == expected

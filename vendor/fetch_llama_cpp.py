@@ -36,6 +36,7 @@ VENDOR = Path(__file__).resolve().parent
 LOCK = VENDOR / "LLAMA_CPP_LOCK"
 PATCHES = VENDOR / "patches"
 STAMP = ".pybonsai-patches.json"
+SOURCE_STAMP = ".pybonsai-source.json"  # which pin the tree was made from
 APPLIED_DIR = ".pybonsai-applied"
 MARKERS = ("include/llama.h", "ggml/include/ggml.h", "CMakeLists.txt")
 
@@ -135,21 +136,46 @@ def extract_vendor_tree(sdist: Path, dest: Path) -> None:
         for m in tar.getmembers():
             if m.name.startswith(prefix) and len(m.name) > len(prefix):
                 m.name = m.name[len(prefix):]
+                if m.name == ".git" or m.name.startswith(".git/"):
+                    continue  # the sdist's submodule link: it would make `git apply` look for a repo
+                if not _safe_member(m):
+                    raise FetchError(f"{sdist}: refusing unsafe archive member {m.name!r}")
                 members.append(m)
         if not members:
             raise FetchError(f"{sdist} holds no vendor/llama.cpp/")
         staging = Path(tempfile.mkdtemp(prefix="llama.cpp.", dir=dest.parent))
         try:
-            tar.extractall(staging, members=members, filter="data")
+            # The "data" filter exists from Python 3.9.17/3.10.12/3.11.4; _safe_member covers older ones.
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(staging, members=members, **extra)
+            staging.chmod(0o755)
             staging.replace(dest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
 
+def _safe_member(m: tarfile.TarInfo) -> bool:
+    parts = Path(m.name).parts
+    if m.name.startswith("/") or ".." in parts:
+        return False
+    if m.issym() or m.islnk():
+        target = Path(m.name).parent / m.linkname
+        return not m.linkname.startswith("/") and ".." not in target.parts
+    return m.isfile() or m.isdir()
+
+
 def obtain_tree(dest: Path, cache: Path) -> None:
     if is_tree(dest):
         log(f"using existing tree {dest}")
+        gitlink = dest / ".git"
+        if gitlink.is_file():  # an sdist submodule link left by an older extraction
+            gitlink.unlink()
+        source = dest / SOURCE_STAMP
+        pinned = read_lock()["commit"]
+        if source.is_file() and json.loads(source.read_text()).get("commit") != pinned:
+            raise FetchError(f"{dest} was made from another llama.cpp commit than the pin {pinned} "
+                             "(vendor/LLAMA_CPP_LOCK); delete it and rerun")
         return
     if dest.exists() and any(dest.iterdir()):
         raise FetchError(f"{dest} exists but is not a llama.cpp tree; remove it and rerun")
@@ -162,13 +188,17 @@ def obtain_tree(dest: Path, cache: Path) -> None:
         if not is_tree(src):
             raise FetchError(f"PYBONSAI_LLAMA_CPP_DIR={src} is not a llama.cpp tree")
         log(f"copying {src}")
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git", "build*", STAMP, APPLIED_DIR))
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git", "build*", STAMP, APPLIED_DIR, SOURCE_STAMP))
         return
-    extract_vendor_tree(download_sdist(read_lock(), cache), dest)
+    lock = read_lock()
+    extract_vendor_tree(download_sdist(lock, cache), dest)
+    (dest / SOURCE_STAMP).write_text(json.dumps({"commit": lock["commit"], "sdist": lock["sdist"]}))
     log(f"extracted upstream into {dest}")
 
 
 def _git_apply(tree: Path, patch: Path, *flags: str) -> subprocess.CompletedProcess:
+    if shutil.which("git") is None:
+        raise FetchError("applying vendor/patches needs `git` on PATH (git apply); install git")
     # Keep git from discovering an enclosing repository: inside one, `git apply` silently
     # skips paths outside its index view.
     env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent))
@@ -184,11 +214,13 @@ def sync_patches(tree: Path, queue: list[Path]) -> None:
     if have == want:
         log(f"patch queue up to date ({len(want)} patches)")
         return
-    for name, _ in reversed(have):
-        old = applied_dir / name
-        res = _git_apply(tree, old, "-R")
+    while have:
+        name = have[-1][0]
+        res = _git_apply(tree, applied_dir / name, "-R")
         if res.returncode != 0:
             raise FetchError(f"cannot reverse previously applied {name}; delete {tree} and rerun\n{res.stderr}")
+        have.pop()
+        stamp.write_text(json.dumps(have))
         log(f"reversed {name}")
     shutil.rmtree(applied_dir, ignore_errors=True)
     stamp.write_text("[]")

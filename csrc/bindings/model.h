@@ -24,15 +24,17 @@ struct ProgressRelay {
         py::gil_scoped_acquire gil;
         try {
             py::object r = self->fn(progress);
-            if (!r.is_none() && !r.cast<bool>()) {
-                self->user_aborted = true;
-                return false;
-            }
-            return true;
+            const int keep_going = r.is_none() ? 1 : PyObject_IsTrue(r.ptr());
+            if (keep_going < 0) throw py::error_already_set();
+            if (!keep_going) self->user_aborted = true;
+            return keep_going == 1;
         } catch (py::error_already_set & e) {
             self->error = std::make_unique<py::error_already_set>(std::move(e));
-            return false;
+        } catch (const std::exception & e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+            self->error = std::make_unique<py::error_already_set>();
         }
+        return false;
     }
 };
 
@@ -55,12 +57,16 @@ public:
             py::gil_scoped_release release;
             raw = llama_model_load_from_file(path.c_str(), params);
         }
-        if (relay.error) throw std::move(*relay.error);
+        if (relay.error) {
+            if (raw) llama_model_free(raw);
+            throw std::move(*relay.error);
+        }
         if (!raw) {
             if (relay.user_aborted) throw LlamaError("loading '" + path + "' was cancelled by the progress callback");
             throw LlamaError(with_log("failed to load model from '" + path + "'"));
         }
         model_ = ModelPtr(raw, llama_model_free);
+        vocab_only_ = vocab_only;
         vocab_ = llama_model_get_vocab(raw);
         n_vocab_ = llama_vocab_n_tokens(vocab_);
     }
@@ -74,6 +80,7 @@ public:
     int n_vocab() const { shared(); return n_vocab_; }
     void close() { model_.reset(); }
     bool closed() const { return !model_; }
+    bool vocab_only() const { return vocab_only_; }
     const std::string & path() const { return path_; }
 
     void check_token(llama_token t) const {
@@ -86,15 +93,17 @@ public:
     std::vector<llama_token> tokenize(const py::bytes & text, bool add_special, bool parse_special) const {
         std::string_view s = text;
         if (s.size() > INT32_MAX / 2) throw py::value_error("text too long to tokenize");
+        ModelPtr keep = shared();  // the vocabulary must outlive a concurrent close()
+        const llama_vocab * vocab = llama_model_get_vocab(keep.get());
         std::vector<llama_token> out(s.size() + 8);
         int32_t n;
         {
             py::gil_scoped_release release;
-            n = llama_tokenize(vocab(), s.data(), (int32_t) s.size(), out.data(), (int32_t) out.size(),
+            n = llama_tokenize(vocab, s.data(), (int32_t) s.size(), out.data(), (int32_t) out.size(),
                                add_special, parse_special);
             if (n < 0 && n != INT32_MIN) {
                 out.resize(-n);
-                n = llama_tokenize(vocab(), s.data(), (int32_t) s.size(), out.data(), (int32_t) out.size(),
+                n = llama_tokenize(vocab, s.data(), (int32_t) s.size(), out.data(), (int32_t) out.size(),
                                    add_special, parse_special);
             }
         }
@@ -161,6 +170,7 @@ private:
     ModelPtr model_;
     const llama_vocab * vocab_ = nullptr;
     int n_vocab_ = 0;
+    bool vocab_only_ = false;
 };
 
 }  // namespace pybonsai

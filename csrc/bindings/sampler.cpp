@@ -66,7 +66,7 @@ void init_sampler(py::module_ & m) {
             s.add(llama_sampler_init_temp(t));
         }, py::arg("t"))
         .def("add_penalties", [](Sampler & s, const Model & model, int last_n, float repeat, float freq, float present) {
-            if (last_n < 0) throw py::value_error("penalty_last_n must be >= 0");
+            if (last_n < 0 || last_n > (1 << 20)) throw py::value_error("penalty_last_n must be in [0, 2**20]");
             if (!std::isfinite(repeat) || repeat <= 0.0f) throw py::value_error("repeat_penalty must be > 0");
             if (!std::isfinite(freq) || !std::isfinite(present)) throw py::value_error("penalties must be finite");
             s.add(llama_sampler_init_penalties(model.n_vocab(), last_n, repeat, freq, present));

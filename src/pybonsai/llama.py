@@ -2,6 +2,7 @@
 own each concern (sampling, completions, chat, text assembly)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -22,7 +23,8 @@ def _default_threads() -> int:
 class Llama:
     """A GGUF model with one inference context, in llama-cpp-python's terms.
 
-    Not thread-safe: use one Llama per thread (calls are serialized, never corrupted).
+    Not thread-safe: use one Llama per thread. Concurrent calls cannot crash the process (the
+    context serializes them) but they interleave their tokens.
     """
 
     def __init__(
@@ -182,17 +184,29 @@ class Llama:
                 f"Requested tokens ({self.n_tokens + len(tokens)}) exceed context window of {n_ctx}"
             )
         n_batch = self.ctx.n_batch
-        for start in range(0, len(tokens), n_batch):
-            chunk = tokens[start:start + n_batch]
-            pos = self.n_tokens
-            self.ctx.decode(chunk, pos, self.logits_all)
-            logits = self.ctx.logits()
-            if self.logits_all:
-                self.scores[pos:pos + len(chunk)] = logits
-            else:
-                self.scores[0] = logits[-1]
-            self.input_ids[pos:pos + len(chunk)] = chunk
-            self.n_tokens = pos + len(chunk)
+        try:
+            for start in range(0, len(tokens), n_batch):
+                chunk = tokens[start:start + n_batch]
+                pos = self.n_tokens
+                self.ctx.decode(chunk, pos, self.logits_all)
+                if self.logits_all:
+                    self.ctx.logits(out=self.scores[pos:pos + len(chunk)])
+                else:
+                    self.scores[0] = self.ctx.logits()[-1]
+                self.input_ids[pos:pos + len(chunk)] = chunk
+                self.n_tokens = pos + len(chunk)
+        except BaseException:
+            # A failed or interrupted decode may leave part of a batch in the KV cache: drop
+            # everything past what we recorded, so the next call starts from a consistent state.
+            self._forget_after(self.n_tokens)
+            raise
+
+    def _forget_after(self, n: int) -> None:
+        """Keep the first `n` evaluated tokens; clear the cache if it cannot be cut there."""
+        if not self.ctx.truncate(n):
+            self.ctx.memory_clear()
+            n = 0
+        self.n_tokens = n
 
     @property
     def last_logits(self) -> np.ndarray:
@@ -208,10 +222,8 @@ class Llama:
         limit = min(self.n_tokens, len(tokens) - 1)
         while common < limit and self.input_ids[common] == tokens[common]:
             common += 1
-        if common < self.n_tokens:
-            self.ctx.truncate(common)
-            self.n_tokens = common
-        return tokens[common:]
+        self._forget_after(common)
+        return tokens[self.n_tokens:]
 
     def generate(
         self,
@@ -237,10 +249,12 @@ class Llama:
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("generate() needs at least one token")
+        if repeat_last_n > self.n_ctx():
+            params = dataclasses.replace(params, repeat_last_n=self.n_ctx())
         sampler = build_sampler(self.model, params, resolve_seed(seed, self.seed))
         history = list(self.input_ids[:self.n_tokens]) if not reset else []
         if params.penalized:
-            for t in (history + tokens)[-repeat_last_n:]:
+            for t in (history + tokens)[-params.repeat_last_n:]:
                 sampler.accept(t)
         pending = self._reuse_prefix(tokens) if reset else tokens
         while True:
