@@ -1,0 +1,179 @@
+// pybonsai Q1_0 kernels: the ggml-cpu "extra buffer type" that hosts Q1_0 matrix weights in our
+// packed layout (repacked in set_tensor at load time) and runs their MUL_MAT with our kernels.
+//
+// llama.cpp places a weight in this buffer type only when supports_op() accepts the op the
+// weight is used by: MUL_MAT of a 2-D Q1_0 matrix with F32 activations. token_embd (used by
+// GET_ROWS) therefore stays in the plain CPU buffer; output.weight (MUL_MAT) comes here.
+//
+// MUL_MAT: every thread quantizes a share of the activation rows into the work buffer, a
+// barrier, then each thread runs the kernel over its contiguous share of 16-row groups.
+// Registered from ggml-cpu.cpp (vendor/patches/0001-...) when PYBONSAI_CPU_KERNELS is defined.
+#include "q1_0_kernels.h"
+
+#include "ggml-backend-impl.h"
+#include "ggml-cpu-impl.h"
+#include "ggml-cpu.h"
+#include "ggml-impl.h"
+#include "traits.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+extern "C" ggml_backend_buffer_type_t pybonsai_q1_0_buffer_type(void);
+
+namespace {
+
+bool q1k_eligible(const ggml_tensor * t) {
+    return t->type == GGML_TYPE_Q1_0 && t->ne[2] == 1 && t->ne[3] == 1 && t->ne[0] % Q1K_QK == 0 &&
+           ggml_is_contiguous(t);
+}
+
+class q1k_tensor_traits : public ggml::cpu::tensor_traits {
+    bool work_size(int /*n_threads*/, const ggml_tensor * op, size_t & size) override {
+        if (op->op != GGML_OP_MUL_MAT) {
+            return false;
+        }
+        size = (size_t) ggml_nrows(op->src[1]) * q1k_act_stride(op->src[0]->ne[0]) + 64;
+        return true;
+    }
+
+    bool compute_forward(ggml_compute_params * params, ggml_tensor * op) override {
+        if (op->op != GGML_OP_MUL_MAT) {
+            return false;
+        }
+        const ggml_tensor * src0 = op->src[0];
+        const ggml_tensor * src1 = op->src[1];
+        const q1k_kernel *  k    = q1k_select();
+        GGML_ASSERT(k != nullptr);
+        GGML_ASSERT(src1->type == GGML_TYPE_F32 && src1->nb[0] == sizeof(float));
+        GGML_ASSERT(op->type == GGML_TYPE_F32 && ggml_is_contiguous(op));
+
+        const int     ith    = params->ith;
+        const int     nth    = params->nth;
+        const int64_t K      = src0->ne[0];
+        const int64_t nrows  = src0->ne[1];
+        const int64_t ne11   = src1->ne[1];
+        const int64_t ne12   = src1->ne[2];
+        const int64_t ntok   = ne11 * ne12 * src1->ne[3];
+        const size_t  stride = q1k_act_stride(K);
+
+        uint8_t * act = (uint8_t *) (((uintptr_t) params->wdata + 63) & ~(uintptr_t) 63);
+        GGML_ASSERT(act + ntok * stride <= (uint8_t *) params->wdata + params->wsize);
+
+        for (int64_t t = ith; t < ntok; t += nth) {
+            const int64_t i1 = t % ne11;
+            const int64_t i2 = (t / ne11) % ne12;
+            const int64_t i3 = t / (ne11 * ne12);
+            const char *  x  = (const char *) src1->data + i1 * src1->nb[1] + i2 * src1->nb[2] + i3 * src1->nb[3];
+            k->quant((const float *) x, act + t * stride, K);
+        }
+        ggml_barrier(params->threadpool);
+
+        const int64_t groups = (nrows + Q1K_ROWS - 1) / Q1K_ROWS;
+        const int64_t g0     = groups * ith / nth;
+        const int64_t g1     = groups * (ith + 1) / nth;
+        if (g0 < g1) {
+            k->gemm(src0->data, K, nrows, g0, g1, act, stride, ntok, (float *) op->data, op->nb[1] / sizeof(float));
+        }
+        return true;
+    }
+};
+
+q1k_tensor_traits g_traits;
+
+ggml_status buffer_init_tensor(ggml_backend_buffer_t /*buffer*/, ggml_tensor * tensor) {
+    tensor->extra = q1k_eligible(tensor) ? (void *) &g_traits : nullptr;
+    return GGML_STATUS_SUCCESS;
+}
+
+void buffer_set_tensor(ggml_backend_buffer_t /*buffer*/, ggml_tensor * tensor, const void * data, size_t offset,
+                       size_t size) {
+    if (tensor->extra == &g_traits) {
+        GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
+        q1k_repack(data, tensor->data, tensor->ne[1], tensor->ne[0]);
+    } else {
+        memcpy((char *) tensor->data + offset, data, size);
+    }
+}
+
+const char * buft_get_name(ggml_backend_buffer_type_t /*buft*/) {
+    return "CPU_PYBONSAI_Q1";
+}
+
+ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
+    ggml_backend_buffer_t buffer = ggml_backend_buft_alloc_buffer(ggml_backend_cpu_buffer_type(), size);
+    if (buffer == nullptr) {
+        return nullptr;
+    }
+    buffer->buft              = buft;
+    buffer->iface.init_tensor = buffer_init_tensor;
+    buffer->iface.set_tensor  = buffer_set_tensor;
+    buffer->iface.get_tensor  = nullptr;
+    buffer->iface.cpy_tensor  = nullptr;
+    return buffer;
+}
+
+size_t buft_get_alignment(ggml_backend_buffer_type_t /*buft*/) {
+    return 64;
+}
+
+size_t buft_get_alloc_size(ggml_backend_buffer_type_t /*buft*/, const ggml_tensor * tensor) {
+    if (q1k_eligible(tensor)) {
+        return q1k_packed_size(tensor->ne[1], tensor->ne[0]);
+    }
+    return ggml_nbytes(tensor);
+}
+
+class q1k_extra_buffer_type : public ggml::cpu::extra_buffer_type {
+    bool supports_op(ggml_backend_dev_t, const ggml_tensor * op) override {
+        if (op->op != GGML_OP_MUL_MAT || !op->src[0]->buffer ||
+            op->src[0]->buffer->buft != pybonsai_q1_0_buffer_type() || !q1k_eligible(op->src[0])) {
+            return false;
+        }
+        const ggml_tensor * src1 = op->src[1];
+        if (src1->buffer && !ggml_backend_buft_is_host(src1->buffer->buft)) {
+            return false;
+        }
+        return src1->type == GGML_TYPE_F32 && src1->nb[0] == sizeof(float) && op->type == GGML_TYPE_F32;
+    }
+
+    ggml::cpu::tensor_traits * get_tensor_traits(const ggml_tensor * op) override {
+        if (op->op == GGML_OP_MUL_MAT && op->src[0]->buffer &&
+            op->src[0]->buffer->buft == pybonsai_q1_0_buffer_type()) {
+            return (ggml::cpu::tensor_traits *) op->src[0]->extra;
+        }
+        return nullptr;
+    }
+};
+
+}  // namespace
+
+extern "C" ggml_backend_buffer_type_t pybonsai_q1_0_buffer_type(void) {
+    static const q1k_kernel * kernel = q1k_select();
+    if (kernel == nullptr) {
+        return nullptr;  // PYBONSAI_Q1_KERNEL=upstream: leave Q1_0 to upstream's kernels
+    }
+    static ggml_backend_buffer_type buft = {
+        /* .iface = */ {
+            /* .get_name       = */ buft_get_name,
+            /* .alloc_buffer   = */ buft_alloc_buffer,
+            /* .get_alignment  = */ buft_get_alignment,
+            /* .get_max_size   = */ nullptr,
+            /* .get_alloc_size = */ buft_get_alloc_size,
+            /* .is_host        = */ nullptr,
+        },
+        /* .device  = */ ggml_backend_reg_dev_get(ggml_backend_cpu_reg(), 0),
+        /* .context = */ new q1k_extra_buffer_type(),
+    };
+    static bool logged = [] {
+        GGML_LOG_INFO("pybonsai: Q1_0 CPU kernels: %s\n", kernel->name);
+        const char * v = getenv("PYBONSAI_Q1_VERBOSE");
+        if (v && v[0] && strcmp(v, "0") != 0) {
+            fprintf(stderr, "pybonsai: Q1_0 CPU kernels: %s\n", kernel->name);
+        }
+        return true;
+    }();
+    (void) logged;
+    return &buft;
+}

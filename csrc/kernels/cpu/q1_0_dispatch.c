@@ -1,0 +1,90 @@
+// pybonsai Q1_0 kernels: runtime selection of the path (cpuid + PYBONSAI_Q1_KERNEL).
+#include "q1_0_kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#    define Q1K_EXPORT __attribute__((visibility("default")))
+#else
+#    define Q1K_EXPORT
+#endif
+
+int q1k_cpu_has_avx2(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+int q1k_cpu_has_avx512(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return q1k_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+static const q1k_kernel * q1k_best(void) {
+    if (q1k_kernel_avx512() && q1k_cpu_has_avx512()) {
+        return q1k_kernel_avx512();
+    }
+    if (q1k_kernel_avx2() && q1k_cpu_has_avx2()) {
+        return q1k_kernel_avx2();
+    }
+    // No SIMD path: the scalar one is a reference, far slower than upstream's own kernels
+    // (NEON etc.), so leave Q1_0 to upstream unless scalar is asked for explicitly.
+    return NULL;
+}
+
+static const q1k_kernel * q1k_choose(void) {
+    const char * env = getenv("PYBONSAI_Q1_KERNEL");
+    if (env == NULL || env[0] == '\0' || strcmp(env, "auto") == 0) {
+        return q1k_best();
+    }
+    if (strcmp(env, "upstream") == 0) {
+        return NULL;
+    }
+    if (strcmp(env, "scalar") == 0) {
+        return q1k_kernel_scalar();
+    }
+    if (strcmp(env, "avx2") == 0) {
+        if (q1k_kernel_avx2() && q1k_cpu_has_avx2()) {
+            return q1k_kernel_avx2();
+        }
+    } else if (strcmp(env, "avx512") == 0) {
+        if (q1k_kernel_avx512() && q1k_cpu_has_avx512()) {
+            return q1k_kernel_avx512();
+        }
+    } else {
+        fprintf(stderr, "pybonsai: PYBONSAI_Q1_KERNEL=%s is not one of avx512, avx2, scalar, upstream, auto; "
+                        "using the best available path\n", env);
+        return q1k_best();
+    }
+    const q1k_kernel * k = q1k_best();
+    fprintf(stderr, "pybonsai: PYBONSAI_Q1_KERNEL=%s is not supported on this CPU/build; using %s\n", env,
+            k ? k->name : "upstream");
+    return k;
+}
+
+const q1k_kernel * q1k_select(void) {
+    // benign race: every thread computes the same answer
+    static int                 chosen = 0;
+    static const q1k_kernel *  kernel = NULL;
+    if (!chosen) {
+        kernel = q1k_choose();
+        chosen = 1;
+    }
+    return kernel;
+}
+
+Q1K_EXPORT const char * pybonsai_q1_0_kernel_name(void) {
+    const q1k_kernel * k = q1k_select();
+    return k ? k->name : "upstream";
+}

@@ -1,0 +1,105 @@
+// pybonsai Q1_0 CPU kernels: packed weight layout, activation format and kernel entry points.
+// Pure C interface with no ggml dependency, so the kernels can be unit-tested on their own
+// (test_q1_0_kernels.c) and linked into every ggml-cpu variant.
+//
+// Weights (Q1_0: per 128 weights an fp16 scale d and 128 sign bits, 0 -> -d, 1 -> +d) are
+// repacked at load time into groups of Q1K_ROWS = 16 rows. A group holds, for its nb = K/128
+// blocks, first all bit planes (nb x 256 bytes) then all scales (nb x 16 fp16 = 32 bytes):
+//
+//   bits[b*256 + c*64 + 4*r + j], bit p  =  sign of W[row r][128*b + 32*c + 4*p + j]
+//   scale[b*16 + r]                       =  d of W[row r], block b
+//
+// (b block, c 32-column chunk 0..3, r row in the group 0..15, j 0..3, p bit 0..7). Read as
+// 32-bit lanes, lane r of a 64-byte chunk holds row r, its 4 bytes four consecutive columns,
+// so a 4-byte broadcast of the activation against the expanded bits gives per-row dot
+// products in lanes without any horizontal reduction. Rows past the end are zero padded.
+//
+// Activations are quantized per token into int8 with one scale per 32 columns, as ggml's Q8_0
+// does (d = amax/127 rounded to fp16, q = round(x * 127/amax)), so the int8 values and scales
+// equal upstream's (on the tiny model, ~1% logit drift came from the fp16 rounding alone). Stored per
+// 32 columns: c1 = 2*d; per 128-block: corr = sum over its 4 sub-blocks of d*sum(q). With S1_c
+// the sum of q over set bits in sub-block c, a block contributes
+//     dw * (sum_c c1_c * S1_c - corr)      (since sum (2b-1) q = 2*S1 - sum q).
+// Token layout (q1k_act_stride bytes): int8 q[nb*128], float c1[nb*4], float corr[nb].
+#ifndef PYBONSAI_Q1_0_KERNELS_H
+#define PYBONSAI_Q1_0_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define Q1K_QK 128
+#define Q1K_ROWS 16
+#define Q1K_BLOCK_BYTES 18                    /* sizeof(block_q1_0) */
+#define Q1K_GROUP_BLOCK_BYTES (Q1K_ROWS * 18) /* 256 bits bytes + 32 scale bytes */
+
+/* d >= 0 rounded to the nearest fp16 value (ties to even), as a float: the Q8_0 scale */
+static inline float q1k_fp16_round(float d) {
+    union { float f; uint32_t u; } v;
+    v.f = d;
+    if (!(d < 65504.0f)) {
+        return d < 65520.0f ? 65504.0f : d;  /* d past fp16 range: unreachable for activations */
+    }
+    if (d >= 6.103515625e-05f) {  /* fp16 normal: keep 10 mantissa bits */
+        v.u = (v.u + 0xfffu + ((v.u >> 13) & 1u)) & ~0x1fffu;
+        return v.f;
+    }
+    /* fp16 subnormal: multiples of 2^-24 = the float spacing in [0.5, 1): round there, ties to even */
+    return (d + 0.5f) - 0.5f;
+}
+
+/* bytes of one repacked tensor: rows padded up to a multiple of Q1K_ROWS */
+static inline size_t q1k_packed_size(int64_t nrows, int64_t K) {
+    int64_t groups = (nrows + Q1K_ROWS - 1) / Q1K_ROWS;
+    return (size_t) groups * (size_t) (K / Q1K_QK) * Q1K_GROUP_BLOCK_BYTES;
+}
+
+/* bytes of one quantized activation row (64-byte multiple) */
+static inline size_t q1k_act_stride(int64_t K) {
+    size_t nb = (size_t) (K / Q1K_QK);
+    return (nb * (Q1K_QK + 20) + 63) & ~(size_t) 63;
+}
+
+/* src: nrows rows of K/128 Q1_0 blocks (18 bytes each) -> dst (q1k_packed_size bytes) */
+void q1k_repack(const void * src, void * dst, int64_t nrows, int64_t K);
+
+/* one token: x[K] floats -> dst (q1k_act_stride(K) bytes) */
+typedef void (*q1k_quant_fn)(const float * x, void * dst, int64_t K);
+
+/* rows of groups [g0, g1) of the packed weights w (nrows rows in all) times ntok quantized
+ * tokens (act, act_stride bytes apart) -> dst[t*dst_stride + row] (floats). */
+typedef void (*q1k_gemm_fn)(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1,
+                            const void * act, size_t act_stride, int64_t ntok,
+                            float * dst, size_t dst_stride);
+
+typedef struct {
+    const char *  name;   /* "avx512", "avx2", "scalar" */
+    q1k_quant_fn  quant;
+    q1k_gemm_fn   gemm;
+} q1k_kernel;
+
+/* the paths compiled in; NULL entries are absent on this build/architecture */
+const q1k_kernel * q1k_kernel_scalar(void);
+const q1k_kernel * q1k_kernel_avx2(void);
+const q1k_kernel * q1k_kernel_avx512(void);
+
+/* CPU support for a path (runtime cpuid) */
+int q1k_cpu_has_avx2(void);
+int q1k_cpu_has_avx512(void);
+
+/* selected path: the best SIMD path the CPU has, or NULL (leave Q1_0 to upstream) when it has
+ * none; PYBONSAI_Q1_KERNEL=avx512|avx2|scalar forces one (falls back with a message on stderr
+ * when the CPU lacks it); =upstream returns NULL; =auto or unset: the default. Cached. */
+const q1k_kernel * q1k_select(void);
+
+/* name of the selected path, or "upstream" when disabled (exported from ggml-cpu) */
+const char * pybonsai_q1_0_kernel_name(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

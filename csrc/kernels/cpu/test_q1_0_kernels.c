@@ -1,0 +1,128 @@
+// Standalone check of the pybonsai Q1_0 kernels (no ggml): every path the CPU supports is
+// compared on fresh random data against a direct computation from the unpacked Q1_0 blocks,
+// at awkward sizes (rows not a multiple of 16, K = 128 x odd, 1..17 tokens, split group ranges).
+// Built and run by tests/test_cpu_kernels.py:
+//   gcc -O2 test_q1_0_kernels.c q1_0_scalar.c q1_0_dispatch.c q1_0_avx2.cpp q1_0_avx512.cpp -lm
+#include "q1_0_kernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void) {
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (uint32_t) (rng >> 16);
+}
+static float rndf(void) { return (float) (rnd() & 0xffffff) / 16777216.0f; }
+
+static float half_to_float(uint16_t h) {  // normal halves only (that is all we generate)
+    uint32_t bits = ((uint32_t) (h & 0x8000u) << 16) | ((((h >> 10) & 0x1fu) + 112) << 23) | ((h & 0x3ffu) << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
+    const int64_t nb = K / Q1K_QK;
+    uint8_t * wq     = malloc((size_t) (nrows * nb * 18));
+    uint8_t * wp     = malloc(q1k_packed_size(nrows, K));
+    float *   x      = malloc(sizeof(float) * (size_t) (K * ntok));
+    size_t    st     = q1k_act_stride(K);
+    uint8_t * act    = malloc(st * (size_t) ntok);
+    uint8_t * act_s  = malloc(st * (size_t) ntok);
+    float *   out    = malloc(sizeof(float) * (size_t) (nrows * ntok));
+    float *   out2   = malloc(sizeof(float) * (size_t) (nrows * ntok));
+    for (int64_t i = 0; i < nrows * nb; i++) {
+        uint16_t h = (uint16_t) (((rnd() & 1) << 15) | ((8 + rnd() % 7) << 10) | (rnd() & 0x3ff));
+        memcpy(wq + i * 18, &h, 2);
+        for (int j = 0; j < 16; j++) wq[i * 18 + 2 + j] = (uint8_t) rnd();
+    }
+    for (int64_t i = 0; i < K * ntok; i++) x[i] = (rndf() - 0.5f) * (i % 37 == 0 ? 20.0f : 2.0f);
+    if (ntok > 1) memset(x + K, 0, sizeof(float) * (size_t) K);  // an all-zero token
+    q1k_repack(wq, wp, nrows, K);
+    for (int64_t t = 0; t < ntok; t++) {
+        k->quant(x + t * K, act + t * st, K);
+        q1k_kernel_scalar()->quant(x + t * K, act_s + t * st, K);
+    }
+    int bad = 0;
+    for (int64_t t = 0; t < ntok && !bad; t++) {  // same int8 and scales on every path
+        const uint8_t * a = act + t * st, * r = act_s + t * st;
+        const float * corr_a = (const float *) (a + nb * (Q1K_QK + 16));
+        const float * corr_r = (const float *) (r + nb * (Q1K_QK + 16));
+        int differs = memcmp(a, r, (size_t) nb * (Q1K_QK + 16)) != 0;
+        for (int64_t b = 0; b < nb; b++) {  // corr may differ in rounding (fma contraction)
+            differs |= !(fabsf(corr_a[b] - corr_r[b]) <= 1e-5f * (fabsf(corr_r[b]) + 1.0f));
+        }
+        if (differs) {
+            printf("  %s quant differs from scalar (token %lld)\n", k->name, (long long) t);
+            bad = 1;
+        }
+    }
+    // whole range in one call, then split in two uneven ranges (the thread split)
+    const int64_t groups = (nrows + 15) / 16;
+    for (int64_t i = 0; i < nrows * ntok; i++) out[i] = out2[i] = NAN;
+    k->gemm(wp, K, nrows, 0, groups, act, st, ntok, out, (size_t) nrows);
+    const int64_t mid = groups / 3;
+    k->gemm(wp, K, nrows, 0, mid, act, st, ntok, out2, (size_t) nrows);
+    k->gemm(wp, K, nrows, mid, groups, act, st, ntok, out2, (size_t) nrows);
+    double max_err = 0, max_qerr = 0;
+    for (int64_t t = 0; t < ntok; t++) {
+        const int8_t * q  = (const int8_t *) (act_s + t * st);
+        const float *  c1 = (const float *) (q + nb * Q1K_QK);
+        for (int64_t r = 0; r < nrows; r++) {
+            double ref = 0, exact = 0, scale = 0;
+            for (int64_t b = 0; b < nb; b++) {
+                uint16_t h;
+                memcpy(&h, wq + (r * nb + b) * 18, 2);
+                const double d  = half_to_float(h);
+                const uint8_t * qs = wq + (r * nb + b) * 18 + 2;
+                double s = 0, sx = 0;
+                for (int i = 0; i < Q1K_QK; i++) {
+                    const int sign = (qs[i >> 3] >> (i & 7)) & 1 ? 1 : -1;
+                    s += sign * q[b * Q1K_QK + i] * (c1[b * 4 + i / 32] * 0.5);
+                    sx += sign * x[t * K + b * Q1K_QK + i];
+                    scale += fabs(d * x[t * K + b * Q1K_QK + i]);
+                }
+                ref += d * s;
+                exact += d * sx;
+            }
+            const double got = out[t * nrows + r];
+            const double err = fabs(got - ref) / (scale + 1e-30);
+            max_err          = err > max_err ? err : max_err;
+            const double qe  = fabs(got - exact) / (scale + 1e-30);
+            max_qerr         = qe > max_qerr ? qe : max_qerr;
+            if (!(err < 1e-5) || out2[t * nrows + r] != out[t * nrows + r] || !(qe < 2e-2)) {
+                if (!bad) printf("  %s row %lld tok %lld: got %g ref %g exact %g split %g\n", k->name, (long long) r,
+                                 (long long) t, got, ref, exact, out2[t * nrows + r]);
+                bad = 1;
+            }
+        }
+    }
+    printf("%-6s rows=%-4lld K=%-5lld ntok=%-3lld rel_err=%.2e vs_fp32=%.2e %s\n", k->name, (long long) nrows,
+           (long long) K, (long long) ntok, max_err, max_qerr, bad ? "FAIL" : "ok");
+    free(wq); free(wp); free(x); free(act); free(act_s); free(out); free(out2);
+    return bad;
+}
+
+int main(int argc, char ** argv) {
+    const q1k_kernel * paths[3] = { q1k_kernel_scalar(), NULL, NULL };
+    if (q1k_kernel_avx2() && q1k_cpu_has_avx2()) paths[1] = q1k_kernel_avx2();
+    else printf("avx2 path: not supported here, skipped\n");
+    if (q1k_kernel_avx512() && q1k_cpu_has_avx512()) paths[2] = q1k_kernel_avx512();
+    else printf("avx512 path: not supported here, skipped\n");
+    const int64_t rows[] = { 16, 5, 37, 67 };
+    const int64_t ks[]   = { 128, 384, 640 };
+    const int64_t toks[] = { 1, 2, 3, 5, 8, 9, 17 };
+    int fails = 0;
+    for (int p = 0; p < 3; p++) {
+        if (!paths[p]) continue;
+        if (argc > 1 && strcmp(argv[1], paths[p]->name) != 0) continue;
+        for (size_t a = 0; a < sizeof rows / sizeof *rows; a++)
+            for (size_t b = 0; b < sizeof ks / sizeof *ks; b++)
+                for (size_t c = 0; c < sizeof toks / sizeof *toks; c++) fails += check(paths[p], rows[a], ks[b], toks[c]);
+    }
+    printf("selected: %s\n%s\n", pybonsai_q1_0_kernel_name(), fails ? "FAILED" : "ALL OK");
+    return fails != 0;
+}
