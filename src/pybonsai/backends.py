@@ -71,8 +71,8 @@ def q1_0_kernel_path() -> str:
 
 
 def system_info() -> dict:
-    """What a bug report needs: versions, the llama.cpp pin, the CPU variant, backends, devices."""
-    from . import __version__
+    """What a bug report needs: versions, the llama.cpp pin, the CPU variant, backends, devices, GPU."""
+    from . import __version__, gpu
 
     ensure_loaded()
     return {
@@ -84,4 +84,5 @@ def system_info() -> dict:
         "backends": list(_core.backends()),
         "devices": devices(),
         "lib_dir": str(LIB_DIR),
+        "gpu": gpu.status(),  # plugin, driver, runtime libraries; loads nothing
     }

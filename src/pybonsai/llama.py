@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, backends, completions
+from . import _core, backends, completions, gpu
 from .gguf_file import check_gguf_path
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, resolve_seed
 
@@ -61,6 +61,7 @@ class Llama:
         self.logits_all = logits_all
         _core.set_verbose(verbose)
         backends.ensure_loaded()
+        gpu.ensure_gpu(n_gpu_layers)
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only,
                                   use_mmap=use_mmap, progress=progress_callback)
         self._chat_template_override = chat_template
