@@ -1,0 +1,234 @@
+// pybonsai: correctness check of csrc/kernels/cuda/q1_0_mmv.cu against a CPU scalar reference.
+// Random Q1_0 blocks (ggml layout) -> device -> our repack -> both mmv paths (fp32, q8+dp4a) at
+// awkward sizes (rows not a multiple of 4*R, k = 128 * odd, ncols 1..8, padded strides).
+// Exit 0 + "ALL OK" on success, 1 on a mismatch, 77 when there is no CUDA device.
+#include "q1_0_cuda.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cuda_fp16.h>
+#include <vector>
+
+namespace {
+
+uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+uint32_t rnd() {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t) (g_rng >> 16);
+}
+float rndf() { return (float) (rnd() & 0xFFFFFF) / (float) 0x1000000 * 2.0f - 1.0f; }
+
+#define CHECK(call)                                                                              \
+    do {                                                                                         \
+        cudaError_t e_ = (call);                                                                 \
+        if (e_ != cudaSuccess) {                                                                 \
+            std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, \
+                        cudaGetErrorString(e_));                                                 \
+            std::exit(1);                                                                        \
+        }                                                                                        \
+    } while (0)
+
+// One case: returns the number of failures.
+int run_case(int64_t rows, int64_t k, int ncols, int64_t x_pad, int64_t y_pad) {
+    const int64_t nb = k / 128;
+    std::vector<uint8_t> w((size_t) (rows * nb * 18));
+    std::vector<float>   wd((size_t) (rows * k));  // dequantized reference weights
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t b = 0; b < nb; ++b) {
+            uint8_t *    blk = &w[(size_t) ((r * nb + b) * 18)];
+            const float  dv  = 0.01f + 0.05f * (float) (rnd() % 1000) / 1000.0f;
+            const __half h   = __float2half(dv);
+            std::memcpy(blk, &h, 2);
+            const float d = __half2float(h);
+            for (int i = 0; i < 16; ++i) {
+                blk[2 + i] = (uint8_t) rnd();
+                for (int j = 0; j < 8; ++j) {
+                    wd[(size_t) (r * k + b * 128 + 8 * i + j)] = ((blk[2 + i] >> j) & 1) ? d : -d;
+                }
+            }
+        }
+    }
+    const int64_t xs = k + x_pad, ys = rows + y_pad;
+    std::vector<float> x((size_t) (xs * ncols), 1e30f);  // padding poisoned
+    for (int c = 0; c < ncols; ++c) {
+        for (int64_t i = 0; i < k; ++i) {
+            x[(size_t) (c * xs + i)] = rndf() * (i % 97 == 0 ? 8.0f : 1.0f);  // a few outliers
+        }
+    }
+    // ref: exact-ish sum; mag: sum |w x| (fp32 rounding scale); qerr: worst case of the int8 step,
+    // sum |w_i| * amax(group of i) / 254 (round-to-nearest of x_i / (amax/127)).
+    std::vector<double> ref((size_t) (rows * ncols)), mag((size_t) (rows * ncols)), qerr((size_t) (rows * ncols));
+    for (int c = 0; c < ncols; ++c) {
+        std::vector<double> amax((size_t) (k / 32), 0.0);
+        for (int64_t i = 0; i < k; ++i) {
+            amax[(size_t) (i / 32)] = std::fmax(amax[(size_t) (i / 32)], std::fabs(x[(size_t) (c * xs + i)]));
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+            double s = 0, m = 0, q = 0;
+            for (int64_t i = 0; i < k; ++i) {
+                const double wv = wd[(size_t) (r * k + i)];
+                const double p  = wv * x[(size_t) (c * xs + i)];
+                s += p;
+                m += std::fabs(p);
+                q += std::fabs(wv) * amax[(size_t) (i / 32)] / 254.0;
+            }
+            ref[(size_t) (c * rows + r)]  = s;
+            mag[(size_t) (c * rows + r)]  = m;
+            qerr[(size_t) (c * rows + r)] = q;
+        }
+    }
+
+    void *  d_w = nullptr, *d_bits = nullptr, *d_scales = nullptr, *d_scratch = nullptr;
+    float * d_x = nullptr, *d_y = nullptr;
+    const size_t scratch_bytes = pybonsai_q1_0_cuda_mmv_q8_scratch_bytes(k, ncols);
+    CHECK(cudaMalloc(&d_w, w.size()));
+    CHECK(cudaMalloc(&d_bits, pybonsai_q1_0_cuda_bits_bytes(rows, k)));
+    CHECK(cudaMalloc(&d_scales, pybonsai_q1_0_cuda_scales_bytes(rows, k)));
+    CHECK(cudaMalloc(&d_scratch, scratch_bytes));
+    CHECK(cudaMalloc(&d_x, x.size() * sizeof(float)));
+    CHECK(cudaMalloc(&d_y, (size_t) (ys * ncols) * sizeof(float)));
+    CHECK(cudaMemcpy(d_w, w.data(), w.size(), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(d_x, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CHECK(pybonsai_q1_0_cuda_repack(d_w, d_bits, d_scales, rows, k, 0));
+
+    // the repacked layout itself, bit for bit
+    int fails = 0;
+    {
+        std::vector<uint8_t>  bits(pybonsai_q1_0_cuda_bits_bytes(rows, k));
+        std::vector<uint16_t> sc((size_t) (rows * nb));
+        CHECK(cudaMemcpy(bits.data(), d_bits, bits.size(), cudaMemcpyDeviceToHost));
+        CHECK(cudaMemcpy(sc.data(), d_scales, sc.size() * 2, cudaMemcpyDeviceToHost));
+        for (int64_t i = 0; i < rows * nb && fails < 5; ++i) {
+            if (std::memcmp(&bits[(size_t) (i * 16)], &w[(size_t) (i * 18 + 2)], 16) != 0 ||
+                std::memcmp(&sc[(size_t) i], &w[(size_t) (i * 18)], 2) != 0) {
+                std::printf("FAIL repack rows=%lld k=%lld block %lld\n", (long long) rows, (long long) k, (long long) i);
+                ++fails;
+            }
+        }
+    }
+
+    std::vector<float> y((size_t) (ys * ncols));
+    for (int path = 0; path < 2; ++path) {
+        CHECK(cudaMemset(d_y, 0xFF, y.size() * sizeof(float)));  // NaN pattern: padding must stay untouched
+        cudaError_t e = path == 0
+            ? pybonsai_q1_0_cuda_mmv(d_bits, d_scales, d_x, d_y, rows, k, ncols, xs, ys, 0)
+            : pybonsai_q1_0_cuda_mmv_q8(d_bits, d_scales, d_x, d_y, rows, k, ncols, xs, ys, d_scratch, 0);
+        CHECK(e);
+        CHECK(cudaDeviceSynchronize());
+        CHECK(cudaMemcpy(y.data(), d_y, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        // fp32: rounding only; q8: plus the int8 activation step (per-32 absmax scale)
+        for (int c = 0; c < ncols && fails < 10; ++c) {
+            for (int64_t r = 0; r < rows && fails < 10; ++r) {
+                const double got = y[(size_t) (c * ys + r)];
+                const double want = ref[(size_t) (c * rows + r)];
+                const double tol = 1e-5 * mag[(size_t) (c * rows + r)] + 1e-6 +
+                                   (path == 1 ? 1.01 * qerr[(size_t) (c * rows + r)] : 0.0);
+                if (!(std::fabs(got - want) <= tol)) {
+                    std::printf("FAIL %s rows=%lld k=%lld ncols=%d col=%d row=%lld got=%.6g want=%.6g tol=%.3g\n",
+                                path == 0 ? "f32" : "q8", (long long) rows, (long long) k, ncols, c,
+                                (long long) r, got, want, tol);
+                    ++fails;
+                }
+            }
+            for (int64_t r = rows; r < ys && fails < 10; ++r) {
+                uint32_t u;
+                std::memcpy(&u, &y[(size_t) (c * ys + r)], 4);
+                if (u != 0xFFFFFFFFu) {
+                    std::printf("FAIL %s wrote padding rows=%lld col=%d row=%lld\n", path == 0 ? "f32" : "q8",
+                                (long long) rows, c, (long long) r);
+                    ++fails;
+                }
+            }
+        }
+    }
+    CHECK(cudaFree(d_w));
+    CHECK(cudaFree(d_bits));
+    CHECK(cudaFree(d_scales));
+    CHECK(cudaFree(d_scratch));
+    CHECK(cudaFree(d_x));
+    CHECK(cudaFree(d_y));
+    std::printf("%s rows=%lld k=%lld ncols=%d\n", fails ? "FAIL" : "ok  ", (long long) rows, (long long) k, ncols);
+    return fails;
+}
+
+}  // namespace
+
+int main() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        std::printf("no CUDA device: skipping\n");
+        return 77;
+    }
+    // invalid arguments are refused, not launched
+    if (pybonsai_q1_0_cuda_mmv(nullptr, nullptr, nullptr, nullptr, 4, 100, 1, 100, 4, 0) != cudaErrorInvalidValue ||
+        pybonsai_q1_0_cuda_mmv(nullptr, nullptr, nullptr, nullptr, 4, 128, 9, 128, 4, 0) != cudaErrorInvalidValue) {
+        std::printf("FAIL argument checks\n");
+        return 1;
+    }
+    int fails = 0;
+    const int64_t rows_list[] = {1, 3, 17, 33, 127, 1001, 4099};
+    const int64_t k_list[]    = {128, 384, 1152, 2560 + 128, 4224};
+    for (int64_t rows : rows_list) {
+        for (int64_t k : k_list) {
+            if (rows * k > 4099LL * 1152) {
+                continue;  // keep the CPU reference quick
+            }
+            for (int nc = 1; nc <= PYBONSAI_Q1_0_CUDA_MAX_COLS; ++nc) {
+                fails += run_case(rows, k, nc, (nc % 2) ? 0 : 3, (nc % 3) ? 0 : 5);
+            }
+        }
+    }
+    // a decode-sized matrix (with the many-warps R=1 pick) and a big one (R=2/4 pick)
+    fails += run_case(2048, 2048 + 128 * 3, 1, 0, 0);
+    fails += run_case(6001, 384, 2, 0, 2);
+    fails += run_case(24001, 640, 5, 4, 1);
+    fails += run_case(40000, 384, 8, 0, 0);
+    // the repack cache used by the ggml hook: miss without build, build, hit, evict
+    {
+        const int64_t rows = 77, k = 640, nb = k / 128;
+        std::vector<uint8_t> w((size_t) (rows * nb * 18));
+        for (auto & b : w) {
+            b = (uint8_t) rnd();
+        }
+        for (int64_t i = 0; i < rows * nb; ++i) {
+            const __half h = __float2half(0.03f);
+            std::memcpy(&w[(size_t) (i * 18)], &h, 2);
+        }
+        void * d_w = nullptr;
+        CHECK(cudaMalloc(&d_w, w.size()));
+        CHECK(cudaMemcpy(d_w, w.data(), w.size(), cudaMemcpyHostToDevice));
+        const void *b1 = nullptr, *s1 = nullptr, *b2 = nullptr, *s2 = nullptr;
+        CHECK(pybonsai_q1_0_cuda_cache_get(d_w, rows, k, 0, 0, &b1, &s1));
+        const bool miss_ok = b1 == nullptr && s1 == nullptr;
+        CHECK(pybonsai_q1_0_cuda_cache_get(d_w, rows, k, 0, 1, &b1, &s1));
+        CHECK(pybonsai_q1_0_cuda_cache_get(d_w, rows, k, 0, 0, &b2, &s2));
+        std::vector<uint8_t> bits(pybonsai_q1_0_cuda_bits_bytes(rows, k));
+        CHECK(cudaDeviceSynchronize());
+        CHECK(cudaMemcpy(bits.data(), b1, bits.size(), cudaMemcpyDeviceToHost));
+        bool same = true;
+        for (int64_t i = 0; i < rows * nb; ++i) {
+            same = same && std::memcmp(&bits[(size_t) (i * 16)], &w[(size_t) (i * 18 + 2)], 16) == 0;
+        }
+        pybonsai_q1_0_cuda_cache_evict((const char *) d_w + 18 * 5, 1);
+        const void *b3 = nullptr, *s3 = nullptr;
+        CHECK(pybonsai_q1_0_cuda_cache_get(d_w, rows, k, 0, 0, &b3, &s3));
+        if (!miss_ok || b1 == nullptr || b1 != b2 || s1 != s2 || !same || b3 != nullptr) {
+            std::printf("FAIL repack cache (miss=%d hit=%d same=%d evicted=%d)\n", miss_ok, b1 != nullptr && b1 == b2,
+                        same, b3 == nullptr);
+            ++fails;
+        } else {
+            std::printf("ok   repack cache\n");
+        }
+        CHECK(cudaFree(d_w));
+    }
+    if (fails) {
+        std::printf("%d FAILURES\n", fails);
+        return 1;
+    }
+    std::printf("ALL OK\n");
+    return 0;
+}
