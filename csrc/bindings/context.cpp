@@ -12,11 +12,13 @@
 namespace pybonsai {
 namespace {
 
+constexpr uint32_t kMaxSeq = 256;  // LLAMA_MAX_SEQ in src/llama-cparams.h (not in llama.h)
+
 // Locking rule: release the GIL first, then take mu_; never take the GIL while holding mu_.
 class Context {
 public:
     Context(Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads,
-            int n_threads_batch, bool flash_attn)
+            int n_threads_batch, bool flash_attn, uint32_t n_seq_max, bool kv_unified)
         : model_(model.shared()), n_vocab_(model.n_vocab()) {
         if (model.vocab_only()) throw py::value_error("'" + model.path() + "' was loaded with vocab_only: no context possible");
         if (n_threads < 1 || n_threads_batch < 1) throw py::value_error("n_threads must be at least 1");
@@ -25,7 +27,11 @@ public:
         p.n_ctx = n_ctx;
         p.n_batch = n_batch;
         p.n_ubatch = std::min(n_ubatch, n_batch);
-        p.n_seq_max = 1;
+        if (n_seq_max < 1 || n_seq_max > kMaxSeq) {
+            throw py::value_error("n_seq_max must be in [1, " + std::to_string(kMaxSeq) + "]");
+        }
+        p.n_seq_max = n_seq_max;
+        p.kv_unified = kv_unified;
         p.n_threads = n_threads;
         p.n_threads_batch = n_threads_batch;
         p.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -39,6 +45,7 @@ public:
         if (!ctx_) throw LlamaError(with_log("failed to create a context for '" + model.path() + "'"));
         n_batch_ = llama_n_batch(ctx_);
         n_ctx_ = llama_n_ctx(ctx_);
+        n_seq_max_ = llama_n_seq_max(ctx_);
     }
     ~Context() { close_locked(); }
 
@@ -60,43 +67,83 @@ public:
     int decode(const std::vector<llama_token> & tokens, int pos0, bool all_logits) {
         const int n = (int) tokens.size();
         if (n == 0) throw py::value_error("cannot decode an empty batch");
-        if ((uint32_t) n > n_batch_) {
-            throw py::value_error("batch of " + std::to_string(n) + " tokens exceeds n_batch=" + std::to_string(n_batch_));
-        }
         if (pos0 < 0 || (uint64_t) pos0 + n > n_ctx_) {
             throw py::value_error("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) +
                                   " exceed the context size n_ctx=" + std::to_string(n_ctx_));
         }
-        for (llama_token t : tokens) {
-            if (t < 0 || t >= n_vocab_) {
-                throw py::value_error("token id " + std::to_string(t) + " is out of range [0, " +
+        std::vector<int> pos(n), seq(n, 0);
+        std::vector<bool> out(n, all_logits);
+        for (int i = 0; i < n; ++i) pos[i] = pos0 + i;
+        out[n - 1] = true;
+        return decode_batch(tokens, pos, seq, out);
+    }
+
+    // Decode a batch whose token i sits at position pos[i] of sequence seq[i]; logits are kept
+    // for the tokens whose flag is set. Returns the number of logit rows produced.
+    int decode_batch(const std::vector<llama_token> & tokens, const std::vector<int> & pos,
+                     const std::vector<int> & seq, const std::vector<bool> & want) {
+        const int n = (int) tokens.size();
+        if (n == 0) throw py::value_error("cannot decode an empty batch");
+        if (pos.size() != tokens.size() || seq.size() != tokens.size() || want.size() != tokens.size()) {
+            throw py::value_error("tokens, positions, sequence ids and logit flags must have the same length");
+        }
+        if ((uint32_t) n > n_batch_) {
+            throw py::value_error("batch of " + std::to_string(n) + " tokens exceeds n_batch=" + std::to_string(n_batch_));
+        }
+        int rows = 0;
+        for (int i = 0; i < n; ++i) {
+            if (tokens[i] < 0 || tokens[i] >= n_vocab_) {
+                throw py::value_error("token id " + std::to_string(tokens[i]) + " is out of range [0, " +
                                       std::to_string(n_vocab_) + ")");
             }
+            if (pos[i] < 0 || (uint32_t) pos[i] >= n_ctx_) {
+                throw py::value_error("position " + std::to_string(pos[i]) + " is outside the context [0, " +
+                                      std::to_string(n_ctx_) + ")");
+            }
+            if (seq[i] < 0 || (uint32_t) seq[i] >= n_seq_max_) {
+                throw py::value_error("sequence id " + std::to_string(seq[i]) + " is outside [0, " +
+                                      std::to_string(n_seq_max_) + ")");
+            }
+            rows += want[i] ? 1 : 0;
         }
         return locked([&](llama_context * ctx) {
             llama_batch batch = llama_batch_init(n, 0, 1);
             for (int i = 0; i < n; ++i) {
                 batch.token[i] = tokens[i];
-                batch.pos[i] = pos0 + i;
+                batch.pos[i] = pos[i];
                 batch.n_seq_id[i] = 1;
-                batch.seq_id[i][0] = 0;
-                batch.logits[i] = all_logits || i == n - 1;
+                batch.seq_id[i][0] = seq[i];
+                batch.logits[i] = want[i];
             }
             batch.n_tokens = n;
             abort_ = false;
             n_outputs_ = 0;  // whatever llama.cpp held is invalid from here on
+            outputs_.clear();
             take_log();
             const int32_t rc = llama_decode(ctx, batch);
             llama_batch_free(batch);
             if (rc == 2) throw LlamaError("decode was aborted");
             if (rc == 1) throw LlamaError(with_log("no room in the KV cache for the batch (n_ctx too small?)"));
             if (rc != 0) throw LlamaError(with_log("llama_decode failed with code " + std::to_string(rc)));
-            n_batch_tokens_ = n;
-            all_logits_ = all_logits;
-            const int rows = all_logits ? n : 1;
+            outputs_ = want;
             n_outputs_ = rows;
             return rows;
         });
+    }
+
+    // Row `idx` (a batch position whose logits were kept) of the last decode, copied into a new
+    // (n_vocab,) float32 array.
+    py::array_t<float> logits_ith(int idx) {
+        py::array_t<float> dst((py::ssize_t) n_vocab_);
+        float * target = dst.mutable_data();
+        locked([&](llama_context * ctx) {
+            check_batch_index(idx);
+            const float * src = llama_get_logits_ith(ctx, idx);
+            if (!src) throw LlamaError(with_log("no logits for batch position " + std::to_string(idx)));
+            std::memcpy(target, src, sizeof(float) * (size_t) n_vocab_);
+            return 0;
+        });
+        return dst;
     }
 
     // The last decode's logits, (n_outputs, n_vocab), copied into `out` (float32, C-contiguous,
@@ -128,11 +175,12 @@ public:
         return dst;
     }
 
-    // llama.cpp addresses logits by batch position: i in [0, n) when every token has logits,
-    // else only the last one (n-1 or -1). Anything else would abort inside llama.cpp.
+    // llama.cpp addresses logits by batch position (only positions whose logits were kept) or,
+    // when negative, by output row from the end. Anything else would abort inside llama.cpp.
     void check_batch_index(int idx) const {
-        const int n = n_batch_tokens_;
-        const bool ok = n_outputs_ > 0 && (all_logits_ ? (idx >= -n && idx < n) : (idx == -1 || idx == n - 1));
+        // A negative index counts output rows from the end, as llama_get_logits_ith does.
+        const bool ok = idx < 0 ? (n_outputs_ > 0 && idx >= -n_outputs_)
+                                : (idx < (int) outputs_.size() && outputs_[idx]);
         if (!ok) {
             throw py::index_error("no logits for batch position " + std::to_string(idx) + " of the last decode");
         }
@@ -143,6 +191,16 @@ public:
             llama_memory_clear(llama_get_memory(ctx), true);
             n_outputs_ = 0;
             return 0;
+        });
+    }
+
+    // Forget positions [p0, p1) of sequence `seq` (p1 < 0: to the end; seq < 0: every sequence).
+    // False if this memory cannot remove a partial sequence.
+    bool seq_rm(int seq, int p0, int p1) {
+        if (seq >= (int) n_seq_max_) throw py::value_error("sequence id " + std::to_string(seq) + " is out of range");
+        return locked([&](llama_context * ctx) {
+            n_outputs_ = 0;
+            return llama_memory_seq_rm(llama_get_memory(ctx), seq, p0, p1);
         });
     }
 
@@ -158,6 +216,7 @@ public:
     int n_outputs() const { return n_outputs_; }
     uint32_t n_ctx() const { return n_ctx_; }
     uint32_t n_batch() const { return n_batch_; }
+    uint32_t n_seq_max() const { return n_seq_max_; }
     void request_abort() { abort_ = true; }
 
 private:
@@ -175,8 +234,8 @@ private:
     uint32_t n_batch_ = 0;
     uint32_t n_ctx_ = 0;
     std::atomic<int> n_outputs_{0};
-    int n_batch_tokens_ = 0;
-    bool all_logits_ = false;
+    uint32_t n_seq_max_ = 1;
+    std::vector<bool> outputs_;  // which batch positions of the last decode kept logits
     std::atomic<bool> abort_{false};
     std::mutex mu_;
 };
@@ -194,13 +253,15 @@ llama_token sample_from(py::handle context, int idx, llama_token (*fn)(void *, l
 
 void init_context(py::module_ & m) {
     py::class_<Context>(m, "Context", "Inference state over a Model: KV cache, batch decode, logits.")
-        .def(py::init<Model &, uint32_t, uint32_t, uint32_t, int, int, bool>(), py::arg("model"),
+        .def(py::init<Model &, uint32_t, uint32_t, uint32_t, int, int, bool, uint32_t, bool>(), py::arg("model"),
              py::arg("n_ctx") = 512, py::arg("n_batch") = 512, py::arg("n_ubatch") = 512, py::arg("n_threads") = 1,
-             py::arg("n_threads_batch") = 1, py::arg("flash_attn") = false)
+             py::arg("n_threads_batch") = 1, py::arg("flash_attn") = false, py::arg("n_seq_max") = 1,
+             py::arg("kv_unified") = true)
         .def("close", &Context::close)
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_batch", &Context::n_batch)
         .def_property_readonly("n_outputs", &Context::n_outputs)
+        .def_property_readonly("n_seq_max", &Context::n_seq_max)
         .def_property("n_threads",
                       [](Context & c) { return c.locked([](llama_context * ctx) { return llama_n_threads(ctx); }); },
                       [](Context & c, int n) {
@@ -211,6 +272,12 @@ void init_context(py::module_ & m) {
                           });
                       })
         .def("decode", &Context::decode, py::arg("tokens"), py::arg("pos0"), py::arg("all_logits") = false)
+        .def("decode_batch", &Context::decode_batch, py::arg("tokens"), py::arg("pos"), py::arg("seq_ids"),
+             py::arg("logits"), "Decode tokens of several sequences: token i at pos[i] of seq_ids[i], logits kept where logits[i].")
+        .def("logits_ith", &Context::logits_ith, py::arg("idx"),
+             "Logits of batch position `idx` of the last decode (its logits flag set), a new (n_vocab,) array.")
+        .def("seq_rm", &Context::seq_rm, py::arg("seq"), py::arg("p0") = 0, py::arg("p1") = -1,
+             "Forget positions [p0, p1) of a sequence (p1 < 0: to the end); frees its KV cells.")
         .def("logits", &Context::logits, py::arg("out") = py::none(),
              "The last decode's logits, (n_outputs, n_vocab), copied into `out` or a new float32 array.")
         .def("memory_clear", &Context::memory_clear)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Llama", "system_info", "__version__"]
+__all__ = ["Llama", "Engine", "system_info", "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,6 +11,9 @@ def __getattr__(name: str):
     if name == "Llama":
         from .llama import Llama
         return Llama
+    if name == "Engine":
+        from .engine import Engine
+        return Engine
     if name == "system_info":
         from .backends import system_info
         return system_info

@@ -1,9 +1,14 @@
-"""Text and chat completions in OpenAI's shapes: one generation loop (`_generate_text`) that
-yields text as it becomes final, and two thin formatters over it."""
+"""Text and chat completions in OpenAI's shapes.
+
+One request is a `CompletionJob` (validated arguments, prompt tokens, response head). Whoever runs
+it — `Llama` one token at a time (`_generate_text`), or the batching `Engine` — feeds the sampled
+tokens to a `TokenTextStream`, which turns them into `_Step`s of final text; the job formats steps
+into a Completion / ChatCompletion dict or into stream chunks, step by step (`job.formatter()`), so
+that synchronous iterators and the asynchronous server share every piece."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -46,7 +51,7 @@ def _as_stop_list(stop: Union[str, Sequence[str], None]) -> list[str]:
     return [s for s in stops if s]
 
 
-def _prompt_tokens(llm: "Llama", prompt: Union[str, Sequence[int]]) -> list[int]:
+def _prompt_tokens(llm: "Llama", prompt: Union[str, Sequence[int]], n_ctx: int) -> list[int]:
     if isinstance(prompt, str):
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True) if prompt else []
     elif isinstance(prompt, (bytes, bytearray)):
@@ -57,13 +62,13 @@ def _prompt_tokens(llm: "Llama", prompt: Union[str, Sequence[int]]) -> list[int]
         if llm.token_bos() < 0:
             raise ValueError("the prompt is empty and the model has no BOS token to start from")
         tokens = [llm.token_bos()]
-    _check_fits(llm, tokens)
+    _check_fits(tokens, n_ctx)
     return tokens
 
 
-def _check_fits(llm: "Llama", tokens: list[int]) -> None:
-    if len(tokens) > llm.n_ctx():
-        raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {llm.n_ctx()}")
+def _check_fits(tokens: list[int], n_ctx: int) -> None:
+    if len(tokens) > n_ctx:
+        raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
 
 
 def _sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty, presence_penalty, seed):
@@ -85,54 +90,74 @@ def _piece_text(llm: "Llama", token: int) -> str:
     return llm.token_to_piece(token).decode("utf-8", errors="replace")
 
 
-def _generate_text(
-    llm: "Llama",
-    prompt_tokens: list[int],
-    usage: _Usage,
-    *,
-    max_tokens: Optional[int],
-    stop: list[str],
-    logprobs: Optional[int],
-    sampling: dict[str, Any],
-) -> Iterator[_Step]:
-    """Yield _Steps as text becomes final; the last one carries finish_reason."""
-    n_ctx = llm.n_ctx()
-    room = n_ctx - len(prompt_tokens)
-    limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
-    usage.prompt_tokens = len(prompt_tokens)
-    assembler = TextAssembler(stop)
-    finish = "length"
-    step = _Step()
-    generator = llm.generate(prompt_tokens, **sampling) if limit > 0 else iter(())
+class TokenTextStream:
+    """One generation's sampled tokens in, `_Step`s of final text out.
+
+    push(token) returns a step when text became final (or None); the step that ends the generation
+    (EOG token, stop string, token limit) carries finish_reason and sets `done`. `finish(reason)`
+    ends it early (no more tokens: the context is full, or the request was cancelled)."""
+
+    def __init__(self, llm: "Llama", prompt_len: int, n_ctx: int, usage: _Usage, *,
+                 max_tokens: Optional[int], stop: list[str], logprobs: Optional[int]):
+        room = n_ctx - prompt_len
+        self.limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        self.llm, self.usage, self.logprobs = llm, usage, logprobs
+        usage.prompt_tokens = prompt_len
+        self._assembler = TextAssembler(stop)
+        self._step = _Step()
+        self.done = self.limit <= 0
+
+    def push(self, token: int, logits: Optional[Callable[[], np.ndarray]] = None) -> Optional[_Step]:
+        """Add one sampled token; `logits()` gives the row it was sampled from (for logprobs)."""
+        if self.done:
+            raise RuntimeError("TokenTextStream.push() after the generation ended")
+        if self.llm.model.is_eog(token):
+            return self.finish("stop")
+        self.usage.completion_tokens += 1
+        step = self._step
+        if self.logprobs is not None:
+            lp, table = _top_logprobs(self.llm, logits(), token, max(int(self.logprobs), 1))
+            step.tokens.append(_piece_text(self.llm, token))
+            step.token_logprobs.append(lp)
+            step.top_logprobs.append(table)
+        step.text += self._assembler.push(self.llm.token_to_piece(token))
+        if self._assembler.stopped:
+            return self.finish("stop")
+        if self.usage.completion_tokens >= self.limit:
+            return self.finish("length")
+        if step.text:
+            self._step = _Step()
+            return step
+        return None
+
+    def finish(self, reason: str = "length") -> _Step:
+        """End the generation: the last step, with what was held back and `finish_reason`."""
+        self.done = True
+        step, self._step = self._step, _Step()
+        if not self._assembler.stopped:
+            step.text += self._assembler.finish()
+            if self._assembler.stopped:  # a stop string held back for a longer candidate, settled at the end
+                reason = "stop"
+        step.finish_reason = reason
+        return step
+
+
+def _generate_text(llm: "Llama", job: "CompletionJob", usage: _Usage) -> Iterator[_Step]:
+    """Run `job` on the Llama's own context; yield _Steps (the last one carries finish_reason)."""
+    stream = job.text_stream(llm, llm.n_ctx(), usage)
+    if stream.done:
+        yield stream.finish()
+        return
+    generator = llm.generate(job.prompt_tokens, **job.sampling)
     try:
         for token in generator:
-            if llm.model.is_eog(token):
-                finish = "stop"
-                break
-            usage.completion_tokens += 1
-            if logprobs is not None:
-                lp, table = _top_logprobs(llm, llm.last_logits, token, max(int(logprobs), 1))
-                step.tokens.append(_piece_text(llm, token))
-                step.token_logprobs.append(lp)
-                step.top_logprobs.append(table)
-            step.text += assembler.push(llm.token_to_piece(token))
-            if assembler.stopped:
-                finish = "stop"
-                break
-            if usage.completion_tokens >= limit:
-                break
-            if step.text:
+            step = stream.push(token, lambda: llm.last_logits)
+            if step is not None:
                 yield step
-                step = _Step()
+            if stream.done:
+                return
     finally:
-        if hasattr(generator, "close"):
-            generator.close()
-    if not assembler.stopped:
-        step.text += assembler.finish()
-        if assembler.stopped:  # a stop string held back for a longer candidate, settled at the end
-            finish = "stop"
-    step.finish_reason = finish
-    yield step
+        generator.close()
 
 
 def _logprobs_dict(steps: Sequence[_Step], offset: int) -> dict[str, Any]:
@@ -147,8 +172,112 @@ def _logprobs_dict(steps: Sequence[_Step], offset: int) -> dict[str, Any]:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-def create_completion(
+@dataclass
+class CompletionJob:
+    """A validated completion request, independent of what runs it."""
+
+    chat: bool
+    prompt_tokens: list[int]
+    sampling: dict[str, Any]
+    max_tokens: Optional[int]
+    stop: list[str]
+    logprobs: Optional[int]
+    head: dict[str, Any]
+    stream: bool = False
+    prefix: str = ""
+    suffix: str = ""
+
+    def text_stream(self, llm: "Llama", n_ctx: int, usage: _Usage) -> TokenTextStream:
+        return TokenTextStream(llm, len(self.prompt_tokens), n_ctx, usage, max_tokens=self.max_tokens,
+                               stop=self.stop, logprobs=self.logprobs)
+
+    def result(self, steps: Sequence[_Step], usage: _Usage) -> dict[str, Any]:
+        """The whole Completion / ChatCompletion dict."""
+        finish = steps[-1].finish_reason if steps else None
+        if self.chat:
+            message = {"role": "assistant", "content": "".join(s.text for s in steps)}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            return {**self.head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
+        text = self.prefix + "".join(s.text for s in steps) + self.suffix
+        choice = {"text": text, "index": 0, "finish_reason": finish,
+                  "logprobs": _logprobs_dict(steps, len(self.prefix)) if self.logprobs is not None else None}
+        return {**self.head, "object": "text_completion", "choices": [choice], "usage": usage.as_dict()}
+
+    def formatter(self) -> "_ChunkFormatter":
+        return _ChatChunks(self) if self.chat else _CompletionChunks(self)
+
+    def respond(self, steps: Iterable[_Step], usage: _Usage):
+        """The dict (steps run to the end) or, with stream, an iterator of chunks."""
+        if self.stream:
+            return self.formatter().chunks(steps)
+        return self.result(list(steps), usage)
+
+
+class _ChunkFormatter:
+    """Stream chunks, step by step: start(), then step(s) for every _Step."""
+
+    def start(self) -> list[dict]:
+        return []
+
+    def step(self, step: _Step) -> list[dict]:
+        raise NotImplementedError
+
+    def chunks(self, steps: Iterable[_Step]) -> Iterator[dict]:
+        yield from self.start()
+        for s in steps:
+            yield from self.step(s)
+
+
+class _CompletionChunks(_ChunkFormatter):
+    def __init__(self, job: CompletionJob):
+        self.job, self.offset = job, 0
+
+    def _chunk(self, text: str, finish: Optional[str], logprob_steps: list[_Step]) -> dict:
+        lp = _logprobs_dict(logprob_steps, self.offset) if self.job.logprobs is not None else None
+        return {**self.job.head, "object": "text_completion",
+                "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]}
+
+    def start(self) -> list[dict]:
+        if not self.job.prefix:
+            return []
+        out = [self._chunk(self.job.prefix, None, [])]
+        self.offset += len(self.job.prefix)
+        return out
+
+    def step(self, step: _Step) -> list[dict]:
+        out = []
+        text = step.text + (self.job.suffix if step.finish_reason else "")
+        if text or step.finish_reason is None:
+            out.append(self._chunk(text, None, [step]))
+        self.offset += len(text)
+        if step.finish_reason:
+            out.append(self._chunk("", step.finish_reason, []))
+        return out
+
+
+class _ChatChunks(_ChunkFormatter):
+    def __init__(self, job: CompletionJob):
+        self.job = job
+
+    def _chunk(self, delta: dict, finish: Optional[str]) -> dict:
+        return {**self.job.head, "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+    def start(self) -> list[dict]:
+        return [self._chunk({"role": "assistant"}, None)]
+
+    def step(self, step: _Step) -> list[dict]:
+        out = []
+        if step.text:
+            out.append(self._chunk({"content": step.text}, None))
+        if step.finish_reason:
+            out.append(self._chunk({}, step.finish_reason))
+        return out
+
+
+def completion_job(
     llm: "Llama",
+    n_ctx: int,
     prompt: Union[str, Sequence[int]],
     suffix: Optional[str] = None,
     max_tokens: Optional[int] = 16,
@@ -165,48 +294,29 @@ def create_completion(
     seed: Optional[int] = None,
     logprobs: Optional[int] = None,
     model: Optional[str] = None,
-):
-    """llama-cpp-python's create_completion: a Completion dict, or CompletionChunks if stream."""
+) -> CompletionJob:
+    """Validate llama-cpp-python's create_completion arguments for a context of `n_ctx` tokens."""
     if logprobs is not None and (not isinstance(logprobs, int) or logprobs < 0):
         raise ValueError(f"logprobs must be None or an int >= 0, got {logprobs!r}")
-    tokens = _prompt_tokens(llm, prompt)
-    usage = _Usage()
-    steps = _generate_text(llm, tokens, usage, max_tokens=max_tokens, stop=_as_stop_list(stop), logprobs=logprobs,
-                           sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
-                                              frequency_penalty, presence_penalty, seed))
+    tokens = _prompt_tokens(llm, prompt, n_ctx)
     head = {"id": new_id("cmpl"), "created": now(), "model": model or llm.model_path}
     prefix = llm.detokenize(tokens).decode("utf-8", errors="replace") if echo else ""
-    if stream:
-        return _stream_completion(head, steps, prefix, suffix, logprobs is not None)
-    steps = list(steps)
-    text = prefix + "".join(s.text for s in steps) + (suffix or "")
-    choice = {"text": text, "index": 0, "finish_reason": steps[-1].finish_reason,
-              "logprobs": _logprobs_dict(steps, len(prefix)) if logprobs is not None else None}
-    return {**head, "object": "text_completion", "choices": [choice], "usage": usage.as_dict()}
+    return CompletionJob(chat=False, prompt_tokens=tokens, max_tokens=max_tokens, stop=_as_stop_list(stop),
+                         logprobs=logprobs, head=head, stream=stream, prefix=prefix, suffix=suffix or "",
+                         sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
+                                            frequency_penalty, presence_penalty, seed))
 
 
-def _stream_completion(head, steps, prefix, suffix, with_logprobs) -> Iterator[dict]:
-    offset = 0
-
-    def chunk(text, finish, logprob_steps):
-        lp = _logprobs_dict(logprob_steps, offset) if with_logprobs else None
-        return {**head, "object": "text_completion",
-                "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]}
-
-    if prefix:
-        yield chunk(prefix, None, [])
-        offset += len(prefix)
-    for step in steps:
-        text = step.text + (suffix or "" if step.finish_reason else "")
-        if text or step.finish_reason is None:
-            yield chunk(text, None, [step])
-        offset += len(text)
-        if step.finish_reason:
-            yield chunk("", step.finish_reason, [])
+def create_completion(llm: "Llama", prompt: Union[str, Sequence[int]], **kwargs: Any):
+    """llama-cpp-python's create_completion: a Completion dict, or CompletionChunks if stream."""
+    job = completion_job(llm, llm.n_ctx(), prompt, **kwargs)
+    usage = _Usage()
+    return job.respond(_generate_text(llm, job, usage), usage)
 
 
-def create_chat_completion(
+def chat_completion_job(
     llm: "Llama",
+    n_ctx: int,
     messages: Sequence[dict],
     temperature: float = 0.2,
     top_p: float = 0.95,
@@ -222,35 +332,23 @@ def create_chat_completion(
     model: Optional[str] = None,
     enable_thinking: Optional[bool] = None,
     chat_template_kwargs: Optional[dict[str, Any]] = None,
-):
-    """llama-cpp-python's create_chat_completion over the GGUF's (or the given) chat template."""
+) -> CompletionJob:
+    """Validate llama-cpp-python's create_chat_completion arguments; render the chat template."""
     prompt = render_chat_prompt(llm, messages, enable_thinking, chat_template_kwargs)
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-    _check_fits(llm, tokens)
-    usage = _Usage()
-    steps = _generate_text(llm, tokens, usage, max_tokens=max_tokens, stop=_as_stop_list(stop), logprobs=None,
-                           sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
-                                              frequency_penalty, presence_penalty, seed))
+    _check_fits(tokens, n_ctx)
     head = {"id": new_id("chatcmpl"), "created": now(), "model": model or llm.model_path}
-    if stream:
-        return _stream_chat(head, steps)
-    steps = list(steps)
-    message = {"role": "assistant", "content": "".join(s.text for s in steps)}
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": steps[-1].finish_reason}
-    return {**head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
+    return CompletionJob(chat=True, prompt_tokens=tokens, max_tokens=max_tokens, stop=_as_stop_list(stop),
+                         logprobs=None, head=head, stream=stream,
+                         sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
+                                            frequency_penalty, presence_penalty, seed))
 
 
-def _stream_chat(head, steps) -> Iterator[dict]:
-    def chunk(delta, finish):
-        return {**head, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-    yield chunk({"role": "assistant"}, None)
-    for step in steps:
-        if step.text:
-            yield chunk({"content": step.text}, None)
-        if step.finish_reason:
-            yield chunk({}, step.finish_reason)
+def create_chat_completion(llm: "Llama", messages: Sequence[dict], **kwargs: Any):
+    """llama-cpp-python's create_chat_completion over the GGUF's (or the given) chat template."""
+    job = chat_completion_job(llm, llm.n_ctx(), messages, **kwargs)
+    usage = _Usage()
+    return job.respond(_generate_text(llm, job, usage), usage)
 
 
 def render_chat_prompt(llm: "Llama", messages: Sequence[dict], enable_thinking: Optional[bool] = None,

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core, backends, completions, gpu
 from .gguf_file import check_gguf_path
-from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, resolve_seed
+from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 
 def _default_threads() -> int:
@@ -254,9 +254,7 @@ class Llama:
             params = dataclasses.replace(params, repeat_last_n=self.n_ctx())
         sampler = build_sampler(self.model, params, resolve_seed(seed, self.seed))
         history = list(self.input_ids[:self.n_tokens]) if not reset else []
-        if params.penalized:
-            for t in (history + tokens)[-params.repeat_last_n:]:
-                sampler.accept(t)
+        prime_penalties(sampler, params, history + tokens)
         pending = self._reuse_prefix(tokens) if reset else tokens
         while True:
             self.eval(pending)

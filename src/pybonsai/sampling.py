@@ -84,3 +84,10 @@ def build_sampler(model: "_core.Model", params: SamplingParams, seed: int) -> "_
     chain.add_temp(params.temperature)
     chain.add_dist(seed)
     return chain
+
+
+def prime_penalties(sampler: "_core.Sampler", params: SamplingParams, history: list[int]) -> None:
+    """Let the penalty stage see the last `repeat_last_n` tokens already in the context."""
+    if params.penalized:
+        for t in history[-params.repeat_last_n:]:
+            sampler.accept(t)

@@ -1,0 +1,358 @@
+"""`Engine`: one model, one llama.cpp context holding up to `n_parallel` sequences, and one
+background thread that decodes them together (continuous batching).
+
+Every step's batch carries one token of each generating sequence plus chunks of waiting prompts
+(at most `prefill_chunk` prompt tokens a step, so a long prompt cannot stall the others);
+requests join and leave between steps. Each request has its own sampler chain and seed, stop
+strings, token limit and logprobs — the text side is completions.TokenTextStream, the same code
+`Llama` runs. A cancelled request frees its sequence's KV cells at the next step.
+
+The KV cache is unified (one pool of n_ctx cells): at this llama.cpp pin a split cache splits a
+batch into one micro-batch per run of consecutive sequence ids (llama_batch_allocr::split_equal
+with sequential=true), i.e. one more pass over the weights whenever the active slots are not
+0..k, and splits every mixed prefill+decode step. Each sequence still gets its own share
+(n_ctx // n_parallel tokens), enforced here, so the pool can never run out."""
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+from . import _core, completions
+from .completions import CompletionJob, TokenTextStream, _Step, _Usage
+from .llama import Llama, _default_threads
+from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
+
+__all__ = ["Engine", "EngineClosed", "QueueFull", "RequestHandle"]
+
+
+class QueueFull(RuntimeError):
+    """The engine's waiting queue is full; retry later."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine is shut down (or shutting down) and takes no requests."""
+
+
+Event = Union[_Step, BaseException]
+
+
+class RequestHandle:
+    """One submitted request. Events (`_Step`s, the last one with finish_reason, or an exception)
+    go to the sink given at submit; without one they queue here for `steps()`."""
+
+    _ids = itertools.count()
+
+    def __init__(self, job: CompletionJob, sink: Optional[Callable[[Event], None]]):
+        self.id = next(self._ids)
+        self.job = job
+        self.usage = _Usage(prompt_tokens=len(job.prompt_tokens))
+        self._queue: Optional[queue.SimpleQueue] = None
+        if sink is None:
+            self._queue = queue.SimpleQueue()
+            sink = self._queue.put
+        self._sink = sink
+        self.cancelled = False
+        self.finished = threading.Event()
+        self.submitted_at = time.monotonic()
+        self.first_token_at: Optional[float] = None
+        self._sampler: Any = None  # built by Engine.submit, in the caller's thread
+
+    def cancel(self) -> None:
+        """Stop this request; its sequence's KV cells are freed at the engine's next step."""
+        self.cancelled = True
+
+    def _emit(self, event: Event) -> None:
+        if isinstance(event, BaseException) or event.finish_reason is not None:
+            self.finished.set()
+        self._sink(event)
+
+    def steps(self) -> Iterator[_Step]:
+        """The request's steps as they come (blocking); closing the iterator cancels it."""
+        if self._queue is None:
+            raise RuntimeError("this request delivers its events to a sink")
+        try:
+            while True:
+                event = self._queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            if not self.finished.is_set():
+                self.cancel()
+
+
+@dataclass
+class _Slot:
+    """A sequence of the context and the request running in it."""
+
+    seq: int
+    handle: Optional[RequestHandle] = None
+    stream: Optional[TokenTextStream] = None
+    sampler: Any = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    pos: int = 0                                      # next position in the sequence
+    last: int = -1                                    # the sampled token to decode next
+
+
+class Engine:
+    """Serve many completions at once from one model and one context (see the module doc).
+
+    `n_ctx` is the whole KV pool (default 2048 per sequence); every request may use
+    `n_ctx_per_seq` = n_ctx // n_parallel tokens, prompt included."""
+
+    def __init__(self, model_path: str, *, n_parallel: int = 4, n_ctx: Optional[int] = None,
+                 n_batch: int = 512, n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
+                 n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, chat_template: Optional[str] = None,
+                 flash_attn: bool = False, max_queue: int = 64, prefill_chunk: int = 256,
+                 verbose: bool = False) -> None:
+        for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
+                        ("prefill_chunk", prefill_chunk)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if n_parallel > 256:
+            raise ValueError(f"n_parallel must be at most 256, got {n_parallel}")
+        # The vocab-only Llama tokenizes, renders chat templates and turns tokens into text for
+        # the shared completion code; the weights are loaded once, for the context below.
+        self.llm = Llama(model_path, vocab_only=True, seed=seed, chat_template=chat_template,
+                         n_gpu_layers=n_gpu_layers, verbose=verbose)
+        self.model_path = self.llm.model_path
+        self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=False,
+                                  use_mmap=True, progress=None)
+        if n_ctx is None or n_ctx == 0:
+            n_ctx = min(2048, self._model.n_ctx_train or 2048) * n_parallel
+        if not isinstance(n_ctx, int) or n_ctx < n_parallel:
+            raise ValueError(f"n_ctx must be an int >= n_parallel, got {n_ctx!r}")
+        threads = n_threads or _default_threads()
+        n_batch = max(n_batch, n_parallel)
+        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                                  n_threads=threads, n_threads_batch=n_threads_batch or threads,
+                                  flash_attn=flash_attn, n_seq_max=n_parallel, kv_unified=True)
+        self.n_parallel = n_parallel
+        self.n_ctx_per_seq = self._ctx.n_ctx // n_parallel
+        self.n_batch = self._ctx.n_batch
+        self.prefill_chunk = prefill_chunk
+        self.max_queue = max_queue
+        self._slots = [_Slot(seq=i) for i in range(n_parallel)]
+        self._waiting: collections.deque[RequestHandle] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self.stats = _Stats()
+        self._thread = threading.Thread(target=self._run, name="pybonsai-engine", daemon=True)
+        self._thread.start()
+
+    # -- requests ----------------------------------------------------------------------------
+    def completion_job(self, prompt: Union[str, Sequence[int]], **kwargs: Any) -> CompletionJob:
+        """Validate create_completion arguments for this engine (raises ValueError/TypeError)."""
+        return completions.completion_job(self.llm, self.n_ctx_per_seq, prompt, **kwargs)
+
+    def chat_completion_job(self, messages: Sequence[dict], **kwargs: Any) -> CompletionJob:
+        """Validate create_chat_completion arguments for this engine."""
+        return completions.chat_completion_job(self.llm, self.n_ctx_per_seq, messages, **kwargs)
+
+    def submit(self, job: CompletionJob, sink: Optional[Callable[[Event], None]] = None) -> RequestHandle:
+        """Queue `job`; raises QueueFull when `max_queue` requests already wait for a slot.
+
+        `sink(event)` is called from the engine thread for every event (keep it short)."""
+        sampling = dict(job.sampling)
+        seed = resolve_seed(sampling.pop("seed"), self.llm.seed)
+        params = SamplingParams(temperature=sampling.pop("temp"), seed=seed, **sampling)
+        sampler = build_sampler(self._model, params, seed)
+        prime_penalties(sampler, params, job.prompt_tokens)
+        handle = RequestHandle(job, sink)
+        handle._sampler = sampler
+        with self._wake:
+            if self._closing:
+                raise EngineClosed("the engine is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
+            self._waiting.append(handle)
+            self.stats.requests += 1
+            self._wake.notify()
+        return handle
+
+    def create_completion(self, prompt: Union[str, Sequence[int]], **kwargs: Any):
+        """Llama.create_completion, run among the engine's other requests."""
+        job = self.completion_job(prompt, **kwargs)
+        handle = self.submit(job)
+        return job.respond(handle.steps(), handle.usage)
+
+    def create_chat_completion(self, messages: Sequence[dict], **kwargs: Any):
+        """Llama.create_chat_completion, run among the engine's other requests."""
+        job = self.chat_completion_job(messages, **kwargs)
+        handle = self.submit(job)
+        return job.respond(handle.steps(), handle.usage)
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def n_active(self) -> int:
+        return sum(s.handle is not None for s in self._slots)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self, drain_timeout: float = 0.0) -> None:
+        """Stop taking requests; let running ones finish for up to `drain_timeout` seconds, cancel
+        the rest, stop the thread and free the context. Idempotent."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        deadline = time.monotonic() + drain_timeout
+        while (self.n_active or self.n_waiting) and time.monotonic() < deadline and self.alive:
+            time.sleep(0.02)
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join()
+        if self._ctx is not None:
+            self._ctx.close()
+            self._model.close()
+            self.llm.close()
+            self._ctx = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the decode loop (engine thread) -----------------------------------------------------
+    _stop = False
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._waiting and not self.n_active:
+                    self._wake.wait()
+                if self._stop:
+                    break
+                self._admit()
+            self._drop_cancelled()
+            batch = self._build_batch()
+            if batch[0]:
+                self._step(*batch)
+        for slot in self._slots:
+            if slot.handle is not None:
+                self._release(slot, event=slot.stream.finish("cancelled"))
+        while self._waiting:
+            self._waiting.popleft()._emit(EngineClosed("the engine was shut down"))
+
+    def _admit(self) -> None:
+        for slot in self._slots:
+            if not self._waiting:
+                return
+            if slot.handle is None:
+                handle = self._waiting.popleft()
+                if handle.cancelled:
+                    handle._emit(_Step(finish_reason="cancelled"))
+                    continue
+                slot.handle, slot.sampler = handle, handle._sampler
+                slot.stream = handle.job.text_stream(self.llm, self.n_ctx_per_seq, handle.usage)
+                slot.pending, slot.pos, slot.last = list(handle.job.prompt_tokens), 0, -1
+                if slot.stream.done:  # no room to generate anything
+                    self._release(slot, event=slot.stream.finish())
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.handle is not None and slot.handle.cancelled:
+                self._release(slot, event=slot.stream.finish("cancelled"))
+
+    def _release(self, slot: _Slot, event: Event) -> None:
+        handle = slot.handle
+        slot.handle, slot.stream, slot.sampler, slot.pending = None, None, None, []
+        self._ctx.seq_rm(slot.seq, 0, -1)
+        slot.pos = 0
+        handle._emit(event)
+
+    def _build_batch(self):
+        tokens, pos, seqs, want, rows = [], [], [], [], []
+        for slot in self._slots:
+            if slot.handle is not None and not slot.pending:
+                rows.append((slot, len(tokens)))
+                tokens.append(slot.last)
+                pos.append(slot.pos)
+                seqs.append(slot.seq)
+                want.append(True)
+        budget = min(self.prefill_chunk, self.n_batch - len(tokens))
+        for slot in self._slots:
+            if slot.handle is None or not slot.pending or budget <= 0:
+                continue
+            chunk = slot.pending[:budget]
+            del slot.pending[:len(chunk)]
+            budget -= len(chunk)
+            for i, t in enumerate(chunk):
+                tokens.append(t)
+                pos.append(slot.pos + i)
+                seqs.append(slot.seq)
+                want.append(False)
+            if not slot.pending:  # the prompt's last token: sample the first token from it
+                want[-1] = True
+                rows.append((slot, len(tokens) - 1))
+            slot.pos += len(chunk) - 1  # _step advances every slot in `rows` by one more
+            if slot.pending:
+                slot.pos += 1
+        return tokens, pos, seqs, want, rows
+
+    def _step(self, tokens, pos, seqs, want, rows) -> None:
+        t0 = time.monotonic()
+        try:
+            self._ctx.decode_batch(tokens, pos, seqs, want)
+        except Exception as exc:  # the worker survives; the requests in this batch fail
+            for slot in self._slots:
+                if slot.handle is not None and slot.seq in set(seqs):
+                    self._release(slot, event=exc)
+            return
+        self.stats.prompt_tokens += len(tokens) - sum(1 for s, _ in rows if s.last >= 0)
+        for slot, row in rows:
+            slot.pos += 1
+            handle = slot.handle
+            try:
+                token = slot.sampler.sample(self._ctx, row)
+                if handle.first_token_at is None:
+                    handle.first_token_at = time.monotonic()
+                slot.last = token
+                step = slot.stream.push(token, lambda row=row: self._ctx.logits_ith(row))
+            except Exception as exc:
+                self._release(slot, event=exc)
+                continue
+            self.stats.generated_tokens += 1
+            if slot.stream.done:
+                self._release(slot, event=step)
+            elif step is not None:
+                handle._emit(step)
+        self.stats.note_step(len(rows), time.monotonic() - t0)
+
+
+class _Stats:
+    """Counters for /metrics (written by the engine thread, read anywhere)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rejected = 0
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
+
+    def note_step(self, n_generated: int, seconds: float) -> None:
+        self._recent.append((time.monotonic(), n_generated))
+
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        """Generated tokens per second over the last `window` seconds."""
+        now = time.monotonic()
+        recent = [(t, n) for t, n in list(self._recent) if now - t <= window]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1e-3)
+        return sum(n for _, n in recent) / span
