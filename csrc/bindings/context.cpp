@@ -18,7 +18,7 @@ constexpr uint32_t kMaxSeq = 256;  // LLAMA_MAX_SEQ in src/llama-cparams.h (not 
 class Context {
 public:
     Context(Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads,
-            int n_threads_batch, bool flash_attn, uint32_t n_seq_max, bool kv_unified)
+            int n_threads_batch, int flash_attn, int type_k, int type_v, uint32_t n_seq_max, bool kv_unified)
         : model_(model.shared()), n_vocab_(model.n_vocab()) {
         if (model.vocab_only()) throw py::value_error("'" + model.path() + "' was loaded with vocab_only: no context possible");
         if (n_threads < 1 || n_threads_batch < 1) throw py::value_error("n_threads must be at least 1");
@@ -34,7 +34,10 @@ public:
         p.kv_unified = kv_unified;
         p.n_threads = n_threads;
         p.n_threads_batch = n_threads_batch;
-        p.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        // flash_attn is a llama_flash_attn_type, type_k/type_v ggml_type ids: pybonsai.kv_cache checks them.
+        p.flash_attn_type = (llama_flash_attn_type) flash_attn;
+        p.type_k = (ggml_type) type_k;
+        p.type_v = (ggml_type) type_v;
         p.abort_callback = [](void * self) { return static_cast<Context *>(self)->abort_.load(); };
         p.abort_callback_data = this;
         take_log();
@@ -213,6 +216,47 @@ public:
         });
     }
 
+    // The whole context state (KV cache, last logits) as llama.cpp serializes it.
+    py::bytes state_get() {
+        const size_t size = locked([](llama_context * ctx) { return llama_state_get_size(ctx); });
+        // Allocate with the GIL held, fill without it (the state can be hundreds of MB).
+        PyObject * raw = PyBytes_FromStringAndSize(nullptr, (py::ssize_t) size);
+        if (!raw) throw py::error_already_set();
+        py::bytes out = py::reinterpret_steal<py::bytes>(raw);
+        auto * dst = reinterpret_cast<uint8_t *>(PyBytes_AS_STRING(raw));
+        const size_t n = locked([&](llama_context * ctx) {
+            take_log();
+            return llama_state_get_data(ctx, dst, size);
+        });
+        if (n == 0 || n > size) throw LlamaError(with_log("could not copy the context state"));
+        if (n < size) {
+            raw = out.release().ptr();
+            if (_PyBytes_Resize(&raw, (py::ssize_t) n) != 0) throw py::error_already_set();
+            out = py::reinterpret_steal<py::bytes>(raw);
+        }
+        return out;
+    }
+
+    // Restore a state from state_get(); on failure the memory is cleared and LlamaError raised.
+    void state_set(const py::buffer & data) {
+        py::buffer_info info = data.request();
+        if (info.ndim != 1 || info.itemsize != 1 || info.strides[0] != 1) {
+            throw py::value_error("state data must be contiguous bytes");
+        }
+        const auto * src = static_cast<const uint8_t *>(info.ptr);
+        const size_t size = (size_t) info.size;
+        locked([&](llama_context * ctx) {
+            n_outputs_ = 0;
+            outputs_.clear();
+            take_log();
+            if (llama_state_set_data(ctx, src, size) != size) {
+                llama_memory_clear(llama_get_memory(ctx), true);
+                throw LlamaError(with_log("llama.cpp rejected the state data"));
+            }
+            return 0;
+        });
+    }
+
     int n_outputs() const { return n_outputs_; }
     uint32_t n_ctx() const { return n_ctx_; }
     uint32_t n_batch() const { return n_batch_; }
@@ -253,10 +297,11 @@ llama_token sample_from(py::handle context, int idx, llama_token (*fn)(void *, l
 
 void init_context(py::module_ & m) {
     py::class_<Context>(m, "Context", "Inference state over a Model: KV cache, batch decode, logits.")
-        .def(py::init<Model &, uint32_t, uint32_t, uint32_t, int, int, bool, uint32_t, bool>(), py::arg("model"),
-             py::arg("n_ctx") = 512, py::arg("n_batch") = 512, py::arg("n_ubatch") = 512, py::arg("n_threads") = 1,
-             py::arg("n_threads_batch") = 1, py::arg("flash_attn") = false, py::arg("n_seq_max") = 1,
-             py::arg("kv_unified") = true)
+        .def(py::init<Model &, uint32_t, uint32_t, uint32_t, int, int, int, int, int, uint32_t, bool>(),
+             py::arg("model"), py::arg("n_ctx") = 512, py::arg("n_batch") = 512, py::arg("n_ubatch") = 512,
+             py::arg("n_threads") = 1, py::arg("n_threads_batch") = 1,
+             py::arg("flash_attn") = (int) LLAMA_FLASH_ATTN_TYPE_DISABLED, py::arg("type_k") = (int) GGML_TYPE_F16,
+             py::arg("type_v") = (int) GGML_TYPE_F16, py::arg("n_seq_max") = 1, py::arg("kv_unified") = true)
         .def("close", &Context::close)
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_batch", &Context::n_batch)
@@ -281,6 +326,9 @@ void init_context(py::module_ & m) {
         .def("logits", &Context::logits, py::arg("out") = py::none(),
              "The last decode's logits, (n_outputs, n_vocab), copied into `out` or a new float32 array.")
         .def("memory_clear", &Context::memory_clear)
+        .def("state_get", &Context::state_get, "llama_state_get_data: the KV cache and last logits as bytes.")
+        .def("state_set", &Context::state_set, py::arg("data"),
+             "llama_state_set_data; pybonsai.state validates the data first.")
         .def("truncate", &Context::truncate, py::arg("pos"))
         .def("request_abort", &Context::request_abort, "Make the running decode stop (from another thread).");
 }

@@ -9,8 +9,9 @@ namespace pybonsai {
 
 void init_model(py::module_ & m) {
     py::class_<Model>(m, "Model", "A loaded GGUF model (llama_model) and its vocabulary.")
-        .def(py::init<const std::string &, int, bool, bool, py::object>(), py::arg("path"),
+        .def(py::init<const std::string &, int, bool, bool, bool, py::object>(), py::arg("path"),
              py::arg("n_gpu_layers") = 0, py::arg("vocab_only") = false, py::arg("use_mmap") = true,
+             py::arg("use_mlock") = false,
              py::arg("progress") = py::none(),
              "Load a GGUF. `progress(fraction)` may return False to cancel.")
         .def_property_readonly("path", &Model::path)

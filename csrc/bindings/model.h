@@ -40,12 +40,14 @@ struct ProgressRelay {
 
 class Model {
 public:
-    Model(const std::string & path, int n_gpu_layers, bool vocab_only, bool use_mmap,
+    Model(const std::string & path, int n_gpu_layers, bool vocab_only, bool use_mmap, bool use_mlock,
           py::object progress) : path_(path) {
         llama_model_params params = llama_model_default_params();
         params.n_gpu_layers = n_gpu_layers;
         params.vocab_only = vocab_only;
-        if (!use_mmap) params.load_mode = LLAMA_LOAD_MODE_NONE;
+        // llama-cpp-python's mapping of its two booleans onto llama_load_mode
+        params.load_mode = use_mmap ? (use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
+                                    : (use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
         ProgressRelay relay{std::move(progress)};
         if (!relay.fn.is_none()) {
             params.progress_callback = &ProgressRelay::call;

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import __version__, catalog
+from . import __version__, catalog, kv_cache
 from .hub import HubError, split_parts
 
 __all__ = ["main", "build_parser", "scan_gguf", "GGUFSummary"]
@@ -173,7 +173,8 @@ def _model_path(args: argparse.Namespace) -> Path:
 def _load(args: argparse.Namespace):
     from .llama import Llama
 
-    return Llama(_model_path(args), n_ctx=args.ctx, n_threads=args.threads, verbose=args.verbose)
+    return Llama(_model_path(args), n_ctx=args.ctx, n_threads=args.threads, verbose=args.verbose,
+                 use_mmap=not args.no_mmap, use_mlock=args.mlock, **kv_cache.cli_kwargs(args))
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -295,6 +296,9 @@ def _runtime_options(p: argparse.ArgumentParser, n_default: Optional[int]) -> No
     p.add_argument("--threads", type=int, help="CPU threads (default: every usable core)")
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default: 4096)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+    kv_cache.add_cli_options(p)
+    p.add_argument("--no-mmap", action="store_true", help="read the weights instead of mapping the file")
+    p.add_argument("--mlock", action="store_true", help="keep the weights locked in RAM")
 
 
 def build_parser() -> argparse.ArgumentParser:

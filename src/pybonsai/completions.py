@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, S
 
 import numpy as np
 
+from . import llama_cache
 from .chat import ChatTemplate
 from .text import TextAssembler
 from .types import new_id, now
@@ -148,6 +149,7 @@ def _generate_text(llm: "Llama", job: "CompletionJob", usage: _Usage) -> Iterato
     if stream.done:
         yield stream.finish()
         return
+    llama_cache.restore_longest_prefix(llm, job.prompt_tokens)
     generator = llm.generate(job.prompt_tokens, **job.sampling)
     try:
         for token in generator:
@@ -158,6 +160,7 @@ def _generate_text(llm: "Llama", job: "CompletionJob", usage: _Usage) -> Iterato
                 return
     finally:
         generator.close()
+        llama_cache.remember(llm)
 
 
 def _logprobs_dict(steps: Sequence[_Step], offset: int) -> dict[str, Any]:

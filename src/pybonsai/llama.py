@@ -8,7 +8,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, backends, completions, gpu
+from . import _core, backends, completions, gpu, kv_cache, state
+from .llama_cache import BaseLlamaCache
 from .gguf_file import check_gguf_path
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
@@ -40,14 +41,19 @@ class Llama:
         seed: int = DEFAULT_SEED,
         vocab_only: bool = False,
         use_mmap: bool = True,
+        use_mlock: bool = False,
         logits_all: bool = False,
         flash_attn: bool = False,
+        type_k: kv_cache.KVType = None,
+        type_v: kv_cache.KVType = None,
         chat_template: Optional[str] = None,
         progress_callback=None,
         verbose: bool = False,
     ) -> None:
         self._model: Optional[_core.Model] = None
         self._ctx: Optional[_core.Context] = None
+        self.cache: Optional[BaseLlamaCache] = None
+        self._model_fingerprint: Optional[str] = None
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_gpu_layers", n_gpu_layers)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {value!r}")
@@ -55,6 +61,7 @@ class Llama:
             raise ValueError(f"n_ctx must be >= 0 (0 = the model's) and n_batch >= 1; got {n_ctx}, {n_batch}")
         if not isinstance(seed, int) or not 0 <= seed <= 0xFFFFFFFF:
             raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        self.kv_cache = kv_cache.resolve(type_k, type_v, flash_attn)  # before loading: fail fast
         self.model_path = str(check_gguf_path(model_path))
         self.verbose = verbose
         self.seed = seed
@@ -63,19 +70,22 @@ class Llama:
         backends.ensure_loaded()
         gpu.ensure_gpu(n_gpu_layers)
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only,
-                                  use_mmap=use_mmap, progress=progress_callback)
+                                  use_mmap=use_mmap, use_mlock=use_mlock, progress=progress_callback)
         self._chat_template_override = chat_template
         self._metadata: Optional[dict[str, str]] = None
         self.n_tokens = 0
         if vocab_only:
             self.input_ids = np.zeros(0, dtype=np.int32)
             return
+        kv_cache.check_head_dims(self.kv_cache, *kv_cache.head_dims(self.metadata, self._model.n_embd,
+                                                                     self._model.n_head))
         n_ctx = n_ctx or self._model.n_ctx_train
         n_batch = min(n_batch, n_ctx)
         threads = n_threads or _default_threads()
         self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch or n_batch,
                                   n_threads=threads, n_threads_batch=n_threads_batch or threads,
-                                  flash_attn=flash_attn)
+                                  flash_attn=self.kv_cache.flash_attn, type_k=self.kv_cache.type_k,
+                                  type_v=self.kv_cache.type_v)
         self.input_ids = np.zeros(self._ctx.n_ctx, dtype=np.int32)
         # Every evaluated position's logits when logits_all (as llama-cpp-python), else the last only.
         self.scores = np.zeros((self._ctx.n_ctx if logits_all else 1, self._model.n_vocab), dtype=np.float32)
@@ -261,6 +271,32 @@ class Llama:
             token = sampler.sample(self.ctx, -1)
             yield token
             pending = [token]
+
+    # -- saved state and the prompt cache ---------------------------------------------------
+    def save_state(self) -> state.LlamaState:
+        """The evaluated tokens, their logits and llama.cpp's context state (KV cache)."""
+        return state.save_state(self)
+
+    def load_state(self, saved: state.LlamaState) -> None:
+        """Restore a save_state() result. A state from another model, context size or KV type,
+        or with damaged bytes, raises ValueError and leaves the context as it was."""
+        state.load_state(self, saved)
+
+    def set_cache(self, cache: Optional[BaseLlamaCache]) -> None:
+        """Use `cache` (LlamaRAMCache, LlamaDiskCache) for prompt states across completions."""
+        if cache is not None and not isinstance(cache, BaseLlamaCache):
+            raise TypeError(f"set_cache needs a BaseLlamaCache (LlamaRAMCache, LlamaDiskCache), not {cache!r}")
+        self.cache = cache
+
+    def _fingerprint(self) -> str:
+        if self._model_fingerprint is None:
+            self._model_fingerprint = state.model_fingerprint(self.model_path)
+        return self._model_fingerprint
+
+    @staticmethod
+    def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+        from .llama_cache import longest_token_prefix
+        return longest_token_prefix(a, b)
 
     # -- completions ----------------------------------------------------------------------
     def create_completion(self, prompt: Union[str, Sequence[int]], **kwargs: Any):
