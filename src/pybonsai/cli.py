@@ -5,6 +5,7 @@
     pybonsai info bonsai-1.7b
     pybonsai download prism-ml/Bonsai-4B-gguf --filename '*Q1_0.gguf'
     pybonsai synth /tmp/tiny.gguf --shape tiny
+    pybonsai serve -m bonsai-8b --parallel 4 --port 8000
 
 Models (-m) are a local .gguf path, a catalog alias (see `pybonsai download --help`) or an
 "owner/name" Hugging Face repository. Errors are one line on stderr and exit status 1.
@@ -203,6 +204,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
                      sampling=_sampling(args), model_name=args.model)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.serve import main as serve_main
+
+    return serve_main(args.serve_args)
+
+
 def _fmt_count(n: float) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
@@ -339,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("serve", add_help=False, help="OpenAI-compatible HTTP server (see serve --help; "
+                       "needs pybonsai[server])")
+    p.add_argument("serve_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("bench", add_help=False, help="prompt/generation speed like llama-bench (see bench --help)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
@@ -358,6 +370,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own parser, options included (argparse would eat --help)
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+    if argv[:1] == ["serve"]:  # likewise
+        return cmd_serve(argparse.Namespace(serve_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -69,7 +69,10 @@ class RequestHandle:
     def _emit(self, event: Event) -> None:
         if isinstance(event, BaseException) or event.finish_reason is not None:
             self.finished.set()
-        self._sink(event)
+        try:
+            self._sink(event)
+        except Exception:  # the consumer is gone (closed event loop, ...): stop generating for it
+            self.cancelled = True
 
     def steps(self) -> Iterator[_Step]:
         """The request's steps as they come (blocking); closing the iterator cancels it."""

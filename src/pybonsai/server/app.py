@@ -1,0 +1,260 @@
+"""The ASGI application (Starlette) over an Engine.
+
+The engine decodes in its own thread; handlers only submit jobs and await the events the engine
+thread posts onto the event loop (call_soon_threadsafe), so the loop never blocks on the model."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..completions import CompletionJob, _Step
+from ..engine import Engine, EngineClosed, QueueFull, RequestHandle
+from .protocol import APIError, chat_job, completion_job, parse_json
+
+__all__ = ["ServerSettings", "create_app"]
+
+
+@dataclass
+class ServerSettings:
+    model_id: str
+    api_key: Optional[str] = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    retry_after_s: int = 1
+
+
+def _error(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+class _Api:
+    def __init__(self, engine: Engine, settings: ServerSettings):
+        self.engine, self.settings = engine, settings
+        self.model_ids = (settings.model_id, engine.model_path)
+        self.started = int(time.time())
+
+    # -- helpers ----------------------------------------------------------------------------
+    async def _body(self, request: Request) -> dict[str, Any]:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_big = APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise APIError(400, "the client went away while sending the body") from None
+        return parse_json(b"".join(chunks))
+
+    def _submit(self, job: CompletionJob) -> tuple[RequestHandle, asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        try:
+            handle = self.engine.submit(job, sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        except QueueFull as exc:
+            raise APIError(429, f"the server is busy: {exc}", type="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+        except EngineClosed as exc:
+            raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
+        except (ValueError, TypeError) as exc:  # sampling parameters
+            raise APIError(400, str(exc), code="invalid_value") from None
+        return handle, events
+
+    @staticmethod
+    async def _next(events: asyncio.Queue) -> _Step:
+        event = await events.get()
+        if isinstance(event, BaseException):
+            raise APIError(500, f"generation failed: {event}", type="server_error", code="internal_error")
+        return event
+
+    async def _complete(self, request: Request, make_job) -> Response:
+        try:
+            body = await self._body(request)
+            job: CompletionJob = make_job(self.engine, self.model_ids, body)
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if job.stream else False
+            handle, events = self._submit(job)
+        except APIError as exc:
+            return _error(exc)
+        if job.stream:
+            return StreamingResponse(self._sse(job, handle, events, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        steps: list[_Step] = []
+        try:
+            while not steps or steps[-1].finish_reason is None:
+                try:
+                    steps.append(await asyncio.wait_for(self._next(events), timeout=0.5))
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        handle.cancel()
+                        return Response(status_code=499)
+        except APIError as exc:
+            return _error(exc)
+        finally:
+            if not handle.finished.is_set():
+                handle.cancel()
+        return JSONResponse(job.result(steps, handle.usage))
+
+    async def _sse(self, job: CompletionJob, handle: RequestHandle, events: asyncio.Queue,
+                   include_usage: bool) -> AsyncIterator[bytes]:
+        def frame(obj: Any) -> bytes:
+            if include_usage and "usage" not in obj:
+                obj = {**obj, "usage": None}
+            return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+        formatter = job.formatter()
+        try:
+            for chunk in formatter.start():
+                yield frame(chunk)
+            while True:
+                try:
+                    step = await self._next(events)
+                except APIError as exc:
+                    yield frame(exc.body())
+                    break
+                for chunk in formatter.step(step):
+                    yield frame(chunk)
+                if step.finish_reason is not None:
+                    if include_usage:
+                        yield frame({**job.head, "object": "chat.completion.chunk" if job.chat else "text_completion",
+                                     "choices": [], "usage": handle.usage.as_dict()})
+                    break
+            yield b"data: [DONE]\n\n"
+        finally:  # the client went away (or the server is shutting down): free the sequence
+            if not handle.finished.is_set():
+                handle.cancel()
+
+    # -- endpoints ----------------------------------------------------------------------------
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, completion_job)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._complete(request, chat_job)
+
+    async def models(self, request: Request) -> Response:
+        e = self.engine
+        return JSONResponse({"object": "list", "data": [{
+            "id": self.settings.model_id, "object": "model", "created": self.started, "owned_by": "pybonsai",
+            "meta": {"path": e.model_path, "n_parallel": e.n_parallel, "n_ctx_per_seq": e.n_ctx_per_seq,
+                     "n_vocab": e.llm.n_vocab()}}]})
+
+    async def health(self, request: Request) -> Response:
+        if not self.engine.alive:
+            return JSONResponse({"status": "error", "message": "the engine thread stopped"}, status_code=503)
+        return JSONResponse({"status": "ok", "active": self.engine.n_active, "queued": self.engine.n_waiting})
+
+    async def metrics(self, request: Request) -> Response:
+        e, s = self.engine, self.engine.stats
+        rows = [
+            ("requests_total", "counter", "Requests accepted", s.requests),
+            ("requests_rejected_total", "counter", "Requests refused because the queue was full", s.rejected),
+            ("prompt_tokens_total", "counter", "Prompt tokens decoded", s.prompt_tokens),
+            ("generated_tokens_total", "counter", "Tokens generated", s.generated_tokens),
+            ("requests_active", "gauge", "Requests holding a sequence", e.n_active),
+            ("requests_queued", "gauge", "Requests waiting for a sequence", e.n_waiting),
+            ("tokens_per_second", "gauge", "Generated tokens per second over the last 10 s",
+             round(s.tokens_per_second(), 3)),
+            ("slots", "gauge", "Sequences (--parallel)", e.n_parallel),
+        ]
+        lines = []
+        for name, kind, help_, value in rows:
+            lines += [f"# HELP pybonsai_{name} {help_}", f"# TYPE pybonsai_{name} {kind}", f"pybonsai_{name} {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    async def tokenize(self, request: Request) -> Response:
+        try:
+            body = await self._body(request)
+            content = body.get("content")
+            if not isinstance(content, str):
+                raise APIError(400, "'content' must be a string", param="content", code="invalid_type")
+            add_special = body.get("add_special", True)
+            if not isinstance(add_special, bool):
+                raise APIError(400, "'add_special' must be a boolean", param="add_special", code="invalid_type")
+            tokens = self.engine.llm.tokenize(content.encode("utf-8"), add_bos=add_special, special=True)
+        except APIError as exc:
+            return _error(exc)
+        return JSONResponse({"tokens": tokens})
+
+    async def detokenize(self, request: Request) -> Response:
+        try:
+            body = await self._body(request)
+            tokens = body.get("tokens")
+            n_vocab = self.engine.llm.n_vocab()
+            if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                       and 0 <= t < n_vocab for t in tokens):
+                raise APIError(400, f"'tokens' must be a list of token ids in [0, {n_vocab})", param="tokens",
+                               code="invalid_value")
+            text = self.engine.llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+        except APIError as exc:
+            return _error(exc)
+        return JSONResponse({"content": text})
+
+
+class _AuthAndErrors:
+    """ASGI middleware: Bearer-token check (constant time) on every path but /health."""
+
+    def __init__(self, app, api_key: Optional[str]):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode("utf-8") if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.expected is not None and scope["path"] != "/health":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                exc = APIError(401, "Invalid or missing API key (send 'Authorization: Bearer <key>')",
+                               type="authentication_error", code="invalid_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})
+                await _error(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shutdown: bool = True,
+               drain_timeout: float = 0.0):
+    """The OpenAI-compatible ASGI app for `engine`."""
+    api = _Api(engine, settings)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(APIError(404, f"no route {request.method} {request.url.path}", code="not_found"))
+
+    async def bad_method(request: Request, exc: Exception) -> Response:
+        return _error(APIError(405, f"{request.method} is not allowed on {request.url.path}",
+                               code="method_not_allowed"))
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        return _error(APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error",
+                               code="internal_error"))
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if close_engine_on_shutdown:
+            await asyncio.get_running_loop().run_in_executor(None, engine.close, drain_timeout)
+
+    routes = [
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/tokenize", api.tokenize, methods=["POST"]),
+        Route("/detokenize", api.detokenize, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: bad_method, Exception: crashed})
+    app.state.engine = engine
+    return _AuthAndErrors(app, settings.api_key)

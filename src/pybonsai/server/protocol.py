@@ -1,0 +1,164 @@
+"""OpenAI request bodies to engine jobs, and OpenAI's error object.
+
+Fields mirror what Llama.create_completion / create_chat_completion accept; unknown fields are
+ignored (clients send extras such as `user`), fields we cannot honour are refused by name."""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from ..completions import CompletionJob
+from ..engine import Engine
+
+__all__ = ["APIError", "completion_job", "chat_job", "parse_json"]
+
+_NUMBER = (int, float)
+
+
+class APIError(Exception):
+    """An HTTP error answered with {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return body
+
+
+# name -> (accepted types, description for the error message)
+_COMMON = {
+    "model": ((str,), "a string"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "top_k": ((int,), "an integer"),
+    "min_p": (_NUMBER, "a number"),
+    "stop": ((str, list), "a string or a list of strings"),
+    "seed": ((int,), "an integer"),
+    "max_tokens": ((int,), "an integer"),
+    "presence_penalty": (_NUMBER, "a number"),
+    "frequency_penalty": (_NUMBER, "a number"),
+    "repeat_penalty": (_NUMBER, "a number"),
+    "stream": ((bool,), "a boolean"),
+    "n": ((int,), "an integer"),
+    "stream_options": ((dict,), "an object"),
+}
+_COMPLETION = {**_COMMON, "prompt": ((str, list), "a string or a list of token ids"),
+               "suffix": ((str,), "a string"), "echo": ((bool,), "a boolean"),
+               "logprobs": ((int,), "an integer")}
+_CHAT = {**_COMMON, "messages": ((list,), "a list of messages"),
+         "max_completion_tokens": ((int,), "an integer"),
+         "chat_template_kwargs": ((dict,), "an object"), "logprobs": ((bool,), "a boolean")}
+
+
+def _typed(body: dict[str, Any], spec: dict[str, tuple]) -> dict[str, Any]:
+    out = {}
+    for name, (types, what) in spec.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in types:  # JSON true is not a number here
+            raise APIError(400, f"'{name}' must be {what}, got {json.dumps(value)}", param=name,
+                           code="invalid_type")
+        if not isinstance(value, types):
+            raise APIError(400, f"'{name}' must be {what}, got {type(value).__name__}", param=name,
+                           code="invalid_type")
+        out[name] = value
+    if out.get("n", 1) != 1:
+        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
+    return out
+
+
+def _check_model(engine_ids: tuple[str, ...], fields: dict[str, Any]) -> Optional[str]:
+    model = fields.pop("model", None)
+    if model is not None and model not in engine_ids:
+        raise APIError(404, f"The model '{model}' does not exist; this server serves {engine_ids[0]!r}",
+                       type="not_found_error", param="model", code="model_not_found")
+    return engine_ids[0]
+
+
+def _check_max_tokens(engine: Engine, job: CompletionJob, max_tokens: Optional[int]) -> None:
+    if max_tokens is None:
+        return
+    if max_tokens < 1:
+        raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens",
+                       code="invalid_value")
+    n_prompt, limit = len(job.prompt_tokens), engine.n_ctx_per_seq
+    if n_prompt + max_tokens > limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                       f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} in the "
+                       "completion). Please reduce the prompt or max_tokens.", param="max_tokens",
+                       code="context_length_exceeded")
+
+
+def _make(build, param: str):
+    """Run a job builder; its ValueError/TypeError become a 400 naming the cause."""
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        if "exceed context window" in message:
+            raise APIError(400, message, param=param, code="context_length_exceeded") from None
+        raise APIError(400, message, code="invalid_value") from None
+
+
+def completion_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -> CompletionJob:
+    fields = _typed(body, _COMPLETION)
+    if "prompt" not in fields:
+        raise APIError(400, "'prompt' is required", param="prompt", code="missing_required_parameter")
+    prompt = fields.pop("prompt")
+    if isinstance(prompt, list):
+        if len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one prompt
+        if isinstance(prompt, list) and not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise APIError(400, "'prompt' must be a string, a list of token ids, or a list of one of those",
+                           param="prompt", code="invalid_type")
+        if isinstance(prompt, list) and any(not 0 <= t < engine.llm.n_vocab() for t in prompt):
+            raise APIError(400, f"token ids must be in [0, {engine.llm.n_vocab()})", param="prompt",
+                           code="invalid_value")
+    model = _check_model(model_ids, fields)
+    fields.pop("n", None)
+    fields.pop("stream_options", None)
+    max_tokens = fields.get("max_tokens")
+    job = _make(lambda: engine.completion_job(prompt, model=model, **fields), "prompt")
+    _check_max_tokens(engine, job, max_tokens)
+    return job
+
+
+def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -> CompletionJob:
+    fields = _typed(body, _CHAT)
+    for name in ("tools", "functions", "response_format", "tool_choice", "logit_bias"):
+        value = body.get(name)
+        if value and not (name == "response_format" and isinstance(value, dict) and value.get("type") == "text"):
+            raise APIError(400, f"'{name}' is not supported by this server yet", param=name,
+                           code="unsupported_parameter")
+    if fields.pop("logprobs", False):
+        raise APIError(400, "logprobs are not supported for chat completions yet", param="logprobs",
+                       code="unsupported_parameter")
+    if "messages" not in fields:
+        raise APIError(400, "'messages' is required", param="messages", code="missing_required_parameter")
+    messages = fields.pop("messages")
+    if not messages or not all(isinstance(m, dict) for m in messages):
+        raise APIError(400, "'messages' must be a non-empty list of objects", param="messages",
+                       code="invalid_type")
+    model = _check_model(model_ids, fields)
+    fields.pop("n", None)
+    fields.pop("stream_options", None)
+    if "max_completion_tokens" in fields:
+        fields["max_tokens"] = fields.pop("max_completion_tokens")
+    max_tokens = fields.get("max_tokens")
+    job = _make(lambda: engine.chat_completion_job(messages, model=model, **fields), "messages")
+    _check_max_tokens(engine, job, max_tokens)
+    return job

@@ -1,0 +1,92 @@
+"""`pybonsai serve` / `python -m pybonsai.server`: options, model, engine, uvicorn."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
+    from ..cli import _model_options
+
+    p = argparse.ArgumentParser(prog=prog, description="Serve a model over an OpenAI-compatible HTTP API "
+                                "(/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics, "
+                                "/tokenize, /detokenize).")
+    _model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--parallel", "-np", type=int, default=4,
+                   help="sequences decoded together; more requests wait in the queue (default: 4)")
+    p.add_argument("--n-ctx", "--ctx", dest="n_ctx", type=int, default=None,
+                   help="KV cache size in tokens, shared equally by the sequences (default: 2048 per sequence)")
+    p.add_argument("--batch", type=int, default=512, help="most tokens in one decode step (default: 512)")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="most prompt tokens decoded in one step, so long prompts do not stall others (default: 256)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every usable core)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for a sequence; beyond that: 429 with Retry-After (default: 64)")
+    p.add_argument("--api-key", default=os.environ.get("PYBONSAI_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        "(default: $PYBONSAI_API_KEY, else none)")
+    p.add_argument("--alias", help="the model id clients use (default: the file name without .gguf)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit (default: 4 MiB)")
+    p.add_argument("--drain-timeout", type=float, default=10.0,
+                   help="on Ctrl-C/SIGTERM, seconds to let running requests finish before cancelling them")
+    p.add_argument("--seed", type=int, default=None, help="default sampling seed (default: random per request)")
+    p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+    return p
+
+
+def _missing_extra(exc: ImportError) -> int:
+    print(f"pybonsai serve: error: {exc.name or exc} is not installed; run: pip install 'pybonsai[server]'",
+          file=sys.stderr)
+    return 1
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        import uvicorn
+
+        from .app import ServerSettings, create_app
+    except ImportError as exc:
+        return _missing_extra(exc)
+    from .. import catalog
+    from ..engine import Engine
+    from ..sampling import DEFAULT_SEED
+
+    try:
+        path = catalog.resolve_model(args.model, filename=args.filename, revision=args.revision,
+                                     local_files_only=args.offline)
+        template = Path(args.chat_template).read_text("utf-8") if args.chat_template else None
+        engine = Engine(str(path), n_parallel=args.parallel, n_ctx=args.n_ctx, n_batch=args.batch,
+                        n_threads=args.threads, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
+                        seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
+                        verbose=args.verbose)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    model_id = args.alias or Path(path).name.removesuffix(".gguf")
+    settings = ServerSettings(model_id=model_id, api_key=args.api_key or None, max_body_bytes=args.max_body_bytes)
+    app = create_app(engine, settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
+                            timeout_graceful_shutdown=max(args.drain_timeout, 0.1), access_log=False)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done; these handlers take it, so
+    # that a drained shutdown exits with status 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    print(f"pybonsai serve: {model_id} ({engine.n_parallel} sequences x {engine.n_ctx_per_seq} tokens) on "
+          f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    try:
+        server.run()
+    finally:
+        engine.close()
+    return 0 if server.started or server.should_exit else 1
