@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,14 @@ def _isolated(monkeypatch):
     monkeypatch.setattr(gpu, "_platform", lambda: "linux")
     monkeypatch.setattr(gpu, "_gpu_devices", lambda: [])
     monkeypatch.setattr(gpu, "_loaded_backend", None)
-    sys.modules.pop(gpu.PLUGIN_PACKAGE, None)
+    monkeypatch.setattr(gpu, "_preloaded", {})
+    monkeypatch.setattr(gpu, "_last_failure", None)
+    monkeypatch.delenv("PYBONSAI_CUDA_Q1", raising=False)
+    for name in gpu.PLUGIN_PACKAGES:
+        sys.modules.pop(name, None)
     yield
-    sys.modules.pop(gpu.PLUGIN_PACKAGE, None)
+    for name in gpu.PLUGIN_PACKAGES:
+        sys.modules.pop(name, None)
 
 
 def _forbidden(what):
@@ -89,9 +95,81 @@ def reason_of(n_gpu_layers=-1) -> gpu.GPUUnavailableError:
 def test_llama_with_gpu_layers_and_no_plugin_says_how_to_install(tiny_model_path, monkeypatch):
     monkeypatch.setattr(gpu, "_find_plugin", lambda: None)
     with pytest.raises(gpu.GPUUnavailableError) as info:
-        Llama(tiny_model_path, n_gpu_layers=-1)
+        Llama(tiny_model_path, n_gpu_layers=3)
     assert info.value.reason == gpu.PLUGIN_MISSING
     assert 'pip install "pybonsai[cuda]"' in str(info.value)
+
+
+# --- the n_gpu_layers rule (README, "GPU offload") ----------------------------------------------
+
+def _no_driver(monkeypatch):
+    def no_driver():
+        raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
+    monkeypatch.setattr(gpu, "_load_driver", no_driver)
+    monkeypatch.setattr(gpu, "_load_backend", _forbidden("_load_backend"))
+
+
+def _fallback_warnings(record) -> list:
+    return [w for w in record if issubclass(w.category, gpu.GPUFallbackWarning)]
+
+
+@pytest.mark.parametrize("setup", ["no_plugin", "plugin_without_driver"])
+def test_minus_one_without_a_gpu_runs_on_the_cpu_with_one_warning(tiny_model_path, monkeypatch, tmp_path,
+                                                                  dlopened, setup):
+    if setup == "no_plugin":
+        monkeypatch.setattr(gpu, "_find_plugin", lambda: None)
+        why = 'pip install "pybonsai[cuda]"'
+    else:
+        monkeypatch.syspath_prepend(str(make_site(tmp_path / "site-packages")))
+        _no_driver(monkeypatch)
+        why = "libcuda.so.1"
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with Llama(tiny_model_path, n_gpu_layers=-1) as llm:
+            out = llm.create_completion("Hello", max_tokens=3, temperature=0.0)
+    assert out["choices"][0]["text"] is not None
+    fallback = _fallback_warnings(record)
+    assert len(fallback) == 1, [str(w.message) for w in record]
+    msg = str(fallback[0].message)
+    assert "n_gpu_layers=-1" in msg and "running on the CPU" in msg and why in msg
+    assert "n_gpu_layers=0" in msg  # how to ask for the CPU without the warning
+    assert fallback[0].filename == __file__  # points at the caller's Llama(...) line
+    if setup == "plugin_without_driver":  # the runtime libraries were preloaded from the wheels first
+        assert dlopened == [str(tmp_path / "site-packages" / "nvidia" / d / n) for d, n in RUNTIME]
+
+
+def test_explicit_layers_that_cannot_be_offloaded_raise(tiny_model_path, site, dlopened, monkeypatch):
+    _no_driver(monkeypatch)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(gpu.GPUUnavailableError) as info:
+            Llama(tiny_model_path, n_gpu_layers=8)
+    assert info.value.reason == gpu.DRIVER_MISSING
+    assert "n_gpu_layers=8" in str(info.value) and "libcuda.so.1" in str(info.value)
+    assert _fallback_warnings(record) == []
+
+
+def test_resolve_n_gpu_layers(monkeypatch):
+    monkeypatch.setattr(gpu, "load", _forbidden("gpu.load"))
+    assert gpu.resolve_n_gpu_layers(0) == 0
+    monkeypatch.setattr(gpu, "load", lambda: {"available": True})
+    assert gpu.resolve_n_gpu_layers(-1) == -1 and gpu.resolve_n_gpu_layers(12) == 12
+    monkeypatch.setattr(gpu, "load", lambda: {"available": False, "reason": gpu.NO_DEVICE, "message": "none."})
+    with pytest.warns(gpu.GPUFallbackWarning):
+        assert gpu.resolve_n_gpu_layers(-1) == 0
+    with pytest.warns(gpu.GPUFallbackWarning):
+        assert gpu.resolve_n_gpu_layers(-5) == 0  # any negative is "all layers", as in llama.cpp
+    with pytest.raises(gpu.GPUUnavailableError):
+        gpu.resolve_n_gpu_layers(1)
+
+
+def test_q1_0_cuda_path_is_upstream_unless_opted_in():
+    assert gpu.q1_0_cuda_path({})["active"] == "upstream"
+    assert gpu.q1_0_cuda_path({"PYBONSAI_CUDA_Q1": "ours"})["active"] == "ours"
+    assert gpu.q1_0_cuda_path({"PYBONSAI_CUDA_Q1": "f32"})["active"] == "ours-f32"
+    odd = gpu.q1_0_cuda_path({"PYBONSAI_CUDA_Q1": "fast"})
+    assert odd["active"] == "upstream" and "unknown" in odd["warning"]
+    assert pybonsai.system_info()["gpu"]["q1_0_kernels"]["active"] == "upstream"
 
 
 def test_plugin_is_not_installed_here():
@@ -120,7 +198,11 @@ def test_driver_not_found(site, dlopened, monkeypatch):
     assert err.reason == gpu.DRIVER_MISSING
     assert "NVIDIA driver was not found" in str(err)
     assert "libcuda.so.1: cannot open shared object file" in str(err)
-    assert dlopened == []  # nothing preloaded before the driver check
+    # the runtime libraries (which need no driver) were preloaded from the wheels first
+    assert dlopened == [str(site / "nvidia" / subdir / name) for subdir, name in RUNTIME]
+    st = gpu.status()
+    assert st["unavailable"]["reason"] == gpu.DRIVER_MISSING
+    assert [lib["preloaded_from"] for lib in st["runtime"]] == dlopened
 
 
 def test_driver_too_old_names_both_versions(site, dlopened, monkeypatch):
@@ -286,6 +368,16 @@ def test_system_info_reports_gpu_status_without_loading(site, monkeypatch):
     assert info["driver"] == {"found": True, "version": 12080, "cuda": "12.8", "error": None}
     assert [lib["path"] for lib in info["runtime"]] == [
         str(site / "nvidia" / subdir / name) for subdir, name in RUNTIME]
+    assert [lib["preloaded_from"] for lib in info["runtime"]] == [None] * 3  # nothing loaded
+    assert info["q1_0_kernels"]["active"] == "upstream"
+
+
+def test_system_info_says_why_without_a_driver(site, monkeypatch):
+    _no_driver(monkeypatch)
+    monkeypatch.setattr(gpu, "_dlopen", _forbidden("_dlopen"))
+    info = pybonsai.system_info()["gpu"]
+    assert info["unavailable"]["reason"] == gpu.DRIVER_MISSING
+    assert "libcuda.so.1" in info["unavailable"]["message"]
 
 
 # --- the plugin wheel's configuration ------------------------------------------------------------
@@ -304,10 +396,18 @@ def test_plugin_wheel_matches_this_version():
     for dep in (f'"pybonsai=={v}"', '"nvidia-cuda-runtime-cu12>=', '"nvidia-cublas-cu12>='):
         assert dep in plugin_toml
     assert f'cuda = ["pybonsai-cuda12=={v}"]' in (REPO / "pyproject.toml").read_text("utf-8")
-    init = (PLUGIN_DIR / "src" / "pybonsai_cuda12" / "__init__.py").read_text("utf-8")
-    assert f'__version__ = "{v}"' in init and "CUDA_MAJOR = 12" in init
+    # the plugin's __init__.py is configured by CMake: version from pip, major from the project
+    init = (PLUGIN_DIR / "plugin_init.py.in").read_text("utf-8")
+    assert '__version__ = "@SKBUILD_PROJECT_VERSION@"' in init and "CUDA_MAJOR = @PYBONSAI_CUDA_MAJOR@" in init
     for subdir, name in RUNTIME:  # the preload order gpu.py falls back on is the plugin's
         assert f'("{subdir}", "{name}"' in init
+    # the CUDA 13 variant: same CMake project, its own name, runtime wheels and SONAMEs
+    toml13 = (PLUGIN_DIR / "cuda13" / "pyproject.toml").read_text("utf-8")
+    assert _toml_string(toml13, "name") == "pybonsai-cuda13" and _toml_string(toml13, "version") == v
+    for dep in (f'"pybonsai=={v}"', '"nvidia-cuda-runtime>=13', '"nvidia-cublas>=13', 'PYBONSAI_CUDA_MAJOR = "13"'):
+        assert dep in toml13
+    assert f'cuda13 = ["pybonsai-cuda13=={v}"]' in (REPO / "pyproject.toml").read_text("utf-8")
+    assert '("cu13/lib", "libcudart.so.13", "nvidia-cuda-runtime")' in init
 
 
 def _nvcc():
@@ -335,8 +435,11 @@ def test_plugin_cmake_configure(tmp_path, llama_cpp_dir):
            f"-DCUDA_cublas_LIBRARY={stubs / 'libcublas.so'}",
            f"-DCUDA_cublasLt_LIBRARY={stubs / 'libcublasLt.so'}",
            f"-DCUDA_cuda_driver_LIBRARY={stubs / 'libcuda.so'}"]
-    if "release 12." not in version:
-        cmd.append("-DPYBONSAI_CUDA_ANY_TOOLKIT=ON")  # a check of the configuration, not a cu12 build
+    major = re.search(r"release (\d+)\.", version).group(1)
+    if major in ("12", "13"):
+        cmd.append(f"-DPYBONSAI_CUDA_MAJOR={major}")  # the plugin for that toolkit, no override needed
+    else:
+        cmd.append("-DPYBONSAI_CUDA_ANY_TOOLKIT=ON")  # a check of the configuration only
     if shutil.which("ninja"):
         cmd += ["-G", "Ninja"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -345,5 +448,9 @@ def test_plugin_cmake_configure(tmp_path, llama_cpp_dir):
     assert "Using CMAKE_CUDA_ARCHITECTURES=75-real;80-real;86-real;89-real;90-real;120a-real;90-virtual" in log
     rules = next(p for p in (build / "build.ninja", build / "Makefile") if p.exists())
     assert "ggml-cuda" in rules.read_text(errors="replace")
-    info = (build / "_build_info.py").read_text()
+    info = (build / "plugin" / "__init__.py").read_text()
     assert re.search(r'LLAMA_CPP_COMMIT = "[0-9a-f]{40}"', info)
+    namespace: dict = {}
+    exec(compile(info, "__init__.py", "exec"), namespace)  # the configured package is valid Python
+    assert namespace["CUDA_MAJOR"] == int(major) if major in ("12", "13") else True
+    assert namespace["MIN_DRIVER_VERSION"] == namespace["CUDA_MAJOR"] * 1000

@@ -2,18 +2,22 @@
 
 The base wheel ships CPU backends only. `pip install "pybonsai[cuda]"` adds the `pybonsai_cuda12`
 package (ggml's CUDA backend, libggml-cuda.so) and NVIDIA's runtime wheels (`nvidia-cuda-runtime-cu12`,
-`nvidia-cublas-cu12`, which unpack into the `nvidia` namespace package in site-packages). Loading the
-plugin is lazy: only a model created with n_gpu_layers != 0 (or an explicit load()) does it:
+`nvidia-cublas-cu12`, which unpack into the `nvidia` namespace package in site-packages);
+`pybonsai[cuda13]` the same for CUDA 13 (`pybonsai_cuda13`, nvidia/cu13/lib). Loading the plugin is
+lazy: only a model created with n_gpu_layers != 0 (or an explicit load()) does it:
 
   1. find the plugin (importlib; importing it loads no library) and check it matches this pybonsai;
-  2. check the NVIDIA driver: libcuda.so.1 loadable, cuDriverGetVersion() >= the plugin's minimum;
-  3. preload NVIDIA's runtime libraries from site-packages (RTLD_GLOBAL, dependency order), so the
-     plugin's NEEDED entries resolve by SONAME whatever its RPATH;
+  2. preload NVIDIA's runtime libraries from site-packages (RTLD_GLOBAL, dependency order), so the
+     plugin's NEEDED entries resolve by SONAME whatever its RPATH (they need no driver to load);
+  3. check the NVIDIA driver: libcuda.so.1 loadable, cuDriverGetVersion() >= the plugin's minimum;
   4. hand libggml-cuda.so to ggml (_core.load_backend) and check that a CUDA device appeared.
 
-Every failure has its own reason and message; ensure_gpu() raises GPUUnavailableError with it and
-never falls back to the CPU silently. On macOS, Metal is built into the base wheel: a registered
-Metal device is all n_gpu_layers needs. Windows (and other platforms) have no plugin yet.
+Every failure has its own reason and message. What Llama(n_gpu_layers=...) does with it
+(resolve_n_gpu_layers): 0 -> never looks for a GPU; -1 (or any negative: "all layers", as in
+llama-cpp-python) -> the GPU when there is one, else the CPU with ONE GPUFallbackWarning naming the
+reason and the fix; N > 0 (an explicit request) -> GPUUnavailableError with the reason. On macOS,
+Metal is built into the base wheel: a registered Metal device is all n_gpu_layers needs. Windows
+(and other platforms) have no plugin yet.
 """
 from __future__ import annotations
 
@@ -23,12 +27,14 @@ import importlib.util
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 from . import _core
 
-PLUGIN_PACKAGE = "pybonsai_cuda12"
+PLUGIN_PACKAGES = ("pybonsai_cuda12", "pybonsai_cuda13")  # the first one installed is used
+PLUGIN_PACKAGE = PLUGIN_PACKAGES[0]
 INSTALL_HINT = 'pip install "pybonsai[cuda]"'
 DRIVER_LIBRARY = "libcuda.so.1"
 GPU_DEVICE_TYPES = ("gpu", "igpu")
@@ -52,6 +58,10 @@ class GPUUnavailableError(RuntimeError):
         self.reason = reason
 
 
+class GPUFallbackWarning(RuntimeWarning):
+    """n_gpu_layers=-1 (offload everything if there is a GPU) found no usable GPU: running on the CPU."""
+
+
 class _Unavailable(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -60,6 +70,8 @@ class _Unavailable(Exception):
 
 _lock = threading.Lock()
 _loaded_backend: Optional[str] = None  # the backend name once the plugin is loaded (never twice)
+_preloaded: dict[str, str] = {}        # runtime library name -> the path (or name) it was loaded from
+_last_failure: Optional[dict] = None   # reason and message of the last load() that found no GPU
 
 
 # --- the pieces, each replaceable in tests ---------------------------------------------------
@@ -115,12 +127,13 @@ def _version_str(v: Optional[int]) -> Optional[str]:
 
 def _find_plugin() -> Optional[Any]:
     """The plugin module (imported: it only defines constants), or None if not installed."""
-    if importlib.util.find_spec(PLUGIN_PACKAGE) is None:
+    name = next((n for n in PLUGIN_PACKAGES if importlib.util.find_spec(n) is not None), None)
+    if name is None:
         return None
     try:
-        return importlib.import_module(PLUGIN_PACKAGE)
+        return importlib.import_module(name)
     except Exception as exc:  # a broken installation: say so rather than fail with an ImportError
-        raise _Unavailable(PLUGIN_MISSING, f"the CUDA plugin package {PLUGIN_PACKAGE} is installed but "
+        raise _Unavailable(PLUGIN_MISSING, f"the CUDA plugin package {name} is installed but "
                            f"cannot be imported ({type(exc).__name__}: {exc}); reinstall it with "
                            f"{INSTALL_HINT}.") from None
 
@@ -128,7 +141,7 @@ def _find_plugin() -> Optional[Any]:
 def _plugin_info(plugin: Any) -> dict:
     library = Path(plugin.__file__).resolve().parent / getattr(plugin, "LIBRARY", "libggml-cuda.so")
     return {
-        "package": PLUGIN_PACKAGE,
+        "package": getattr(plugin, "__name__", PLUGIN_PACKAGE),
         "version": getattr(plugin, "__version__", None),
         "library": str(library),
         "library_exists": library.is_file(),
@@ -155,7 +168,8 @@ def _locate_runtime(plugin: Any) -> list[dict]:
     found = []
     for subdir, name, wheel in _runtime_libraries(plugin):
         path = next((root / subdir / name for root in roots if (root / subdir / name).is_file()), None)
-        found.append({"name": name, "wheel": wheel, "path": str(path) if path else None})
+        found.append({"name": name, "wheel": wheel, "path": str(path) if path else None,
+                      "preloaded_from": _preloaded.get(name)})
     return found
 
 
@@ -177,6 +191,7 @@ def _preload_runtime(plugin: Any) -> list[dict]:
                                f"reinstall with {INSTALL_HINT}); searched site-packages ({searched}) and "
                                f"the system library path ({exc}).") from None
         lib["loaded_from"] = "wheel" if lib["path"] else "system"
+        lib["preloaded_from"] = _preloaded[lib["name"]] = target
     return located
 
 
@@ -275,8 +290,8 @@ def load() -> dict:
                                        f"{INSTALL_HINT} (adds pybonsai-cuda12 and NVIDIA's CUDA 12 runtime "
                                        "wheels; needs an NVIDIA driver).")
                 info = _check_plugin(plugin)
+                _preload_runtime(plugin)  # before the driver check: proves the wheels' libraries load
                 _check_driver(plugin)
-                _preload_runtime(plugin)
                 _load_plugin(info)
                 if not _gpu_devices():
                     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -286,15 +301,16 @@ def load() -> dict:
                                        + "). " + (_core.take_log() or "").strip())
         except _Unavailable as exc:
             reason, message = exc.reason, str(exc)
+        global _last_failure
+        _last_failure = None if reason is None else {"reason": reason, "message": message}
     out = status()
     out.update(available=reason is None, reason=reason, message=message)
     return out
 
 
 def ensure_gpu(n_gpu_layers: int) -> Optional[dict]:
-    """For Llama(...): with n_gpu_layers != 0, make sure a GPU device is there (loading the CUDA
-    plugin if needed) or raise GPUUnavailableError saying exactly why. n_gpu_layers == 0 does
-    nothing at all."""
+    """With n_gpu_layers != 0, make sure a GPU device is there (loading the CUDA plugin if needed)
+    or raise GPUUnavailableError saying exactly why. n_gpu_layers == 0 does nothing at all."""
     if n_gpu_layers == 0:
         return None
     st = load()
@@ -304,11 +320,44 @@ def ensure_gpu(n_gpu_layers: int) -> Optional[dict]:
     return st
 
 
+def resolve_n_gpu_layers(n_gpu_layers: int) -> int:
+    """The rule Llama(...) applies (README, "GPU offload"): 0 -> 0, nothing looked up; N > 0 -> N
+    if a GPU is usable, else GPUUnavailableError naming the reason (an explicit request is never
+    silently dropped); negative (-1: "as many layers as possible", llama-cpp-python's idiom) -> -1
+    with a GPU, else 0 with exactly one GPUFallbackWarning saying why and how to fix it."""
+    if n_gpu_layers >= 0:
+        ensure_gpu(n_gpu_layers)
+        return n_gpu_layers
+    st = load()
+    if st["available"]:
+        return n_gpu_layers
+    warnings.warn(GPUFallbackWarning(
+        f"n_gpu_layers={n_gpu_layers}: no usable GPU, running on the CPU. Why: {st['message']} "
+        "(n_gpu_layers=0 asks for the CPU and silences this; an explicit n_gpu_layers=N > 0 raises "
+        "GPUUnavailableError instead.)"), stacklevel=3)
+    return 0
+
+
+def q1_0_cuda_path(environ: Optional[dict] = None) -> dict:
+    """Which kernels run Q1_0 matrix products on CUDA, from PYBONSAI_CUDA_Q1, parsed exactly as the
+    plugin does (pybonsai_q1_0_cuda_parse_mode in csrc/kernels/cuda/q1_0_mmv.cu): upstream's by
+    default; ours only when opted in ("ours"/"q8": int8 activations + dp4a, "f32": fp32
+    activations) until a GPU run has measured them (KL vs the CPU, speed vs upstream)."""
+    value = (os.environ if environ is None else environ).get("PYBONSAI_CUDA_Q1")
+    active = {None: "upstream", "": "upstream", "upstream": "upstream", "ours": "ours", "q8": "ours",
+              "f32": "ours-f32"}.get(value)
+    out = {"env": value, "active": active or "upstream", "default": "upstream"}
+    if active is None:
+        out["warning"] = f"unknown PYBONSAI_CUDA_Q1={value!r} (expected upstream, ours or f32): upstream is used"
+    return out
+
+
 def status() -> dict:
     """What is known without loading anything new: the plugin, the driver, the runtime libraries,
     whether a GPU backend is loaded and its devices. For system_info() and bug reports."""
     out: dict = {"platform": _platform(), "plugin_loaded": _loaded_backend, "plugin": None,
-                 "driver": None, "runtime": None}
+                 "driver": None, "runtime": None, "q1_0_kernels": q1_0_cuda_path(),
+                 "unavailable": _last_failure}
     try:
         out["devices"] = _gpu_devices()
         if out["platform"].startswith("linux"):
@@ -317,6 +366,13 @@ def status() -> dict:
                 out["plugin"] = _plugin_info(plugin)
                 out["runtime"] = _locate_runtime(plugin)
             out["driver"] = _driver_info()
+            if out["unavailable"] is None and not out["devices"]:  # why not, as far as known unloaded
+                if plugin is None:
+                    out["unavailable"] = {"reason": PLUGIN_MISSING, "message": f"the CUDA plugin is not "
+                                          f"installed: {INSTALL_HINT}"}
+                elif not out["driver"]["found"]:
+                    out["unavailable"] = {"reason": DRIVER_MISSING, "message": f"the NVIDIA driver was not "
+                                          f"found: {DRIVER_LIBRARY} could not be loaded ({out['driver']['error']})"}
     except Exception as exc:  # a report must not fail: say what went wrong instead
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out

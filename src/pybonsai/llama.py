@@ -68,7 +68,7 @@ class Llama:
         self.logits_all = logits_all
         _core.set_verbose(verbose)
         backends.ensure_loaded()
-        gpu.ensure_gpu(n_gpu_layers)
+        n_gpu_layers = gpu.resolve_n_gpu_layers(n_gpu_layers)  # the rule: README, GPU offload
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only,
                                   use_mmap=use_mmap, use_mlock=use_mlock, progress=progress_callback)
         self._chat_template_override = chat_template

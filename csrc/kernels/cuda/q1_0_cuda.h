@@ -46,9 +46,33 @@ cudaError_t pybonsai_q1_0_cuda_mmv_q8(const void * bits, const void * scales, co
                                       void * scratch, cudaStream_t stream);
 
 // ---- glue for the ggml-cuda hook (vendor/patches/0002-cuda-q1_0-mmv.patch) -------------------------
-// Route mode from PYBONSAI_CUDA_Q1 (read once): 0 = "upstream" (our route off), 1 = q8 + dp4a
-// (default), 2 = "f32" (fp32 activations).
+// Which kernels run a Q1_0 MUL_MAT, from PYBONSAI_CUDA_Q1 (read once): unset/"" or "upstream" ->
+// upstream's (the default until ours has been measured on a GPU: KL vs the CPU and speed vs
+// upstream), "ours" (or "q8") -> ours with int8 activations + dp4a, "f32" -> ours with fp32
+// activations. An unknown value warns on stderr and means upstream. pybonsai.gpu.q1_0_cuda_path()
+// parses the variable the same way for system_info().
+enum { PYBONSAI_Q1_0_CUDA_UPSTREAM = 0, PYBONSAI_Q1_0_CUDA_OURS_Q8 = 1, PYBONSAI_Q1_0_CUDA_OURS_F32 = 2 };
+int pybonsai_q1_0_cuda_parse_mode(const char * value);  // -1 for an unknown value
 int pybonsai_q1_0_cuda_mode(void);
+
+// What ggml_cuda_mul_mat knows about a MUL_MAT node, in plain values (no ggml types here).
+typedef struct pybonsai_q1_0_cuda_node {
+    int     src0_q1_0;        // src0 (the weight) is GGML_TYPE_Q1_0
+    int     src1_f32;         // src1 (the activations) is GGML_TYPE_F32
+    int     dst_f32;          // dst is GGML_TYPE_F32
+    int     src0_contiguous;  // ggml_is_contiguous(src0)
+    int     src0_weights;     // src0 lives in a GGML_BACKEND_BUFFER_USAGE_WEIGHTS buffer (never rewritten)
+    int64_t src0_ne[4];
+    int64_t src1_ne[4];
+    size_t  src1_nb[4];       // byte strides
+    size_t  dst_nb[4];
+} pybonsai_q1_0_cuda_node;
+
+// The routing decision: PYBONSAI_Q1_0_CUDA_OURS_* when `mode` is one of ours and the node is a case
+// our kernels handle (2-D Q1_0 weight, k % 128 == 0, 1..8 F32 columns with unit element stride and
+// any row stride), else PYBONSAI_Q1_0_CUDA_UPSTREAM. route() uses pybonsai_q1_0_cuda_mode().
+int pybonsai_q1_0_cuda_route_mode(const pybonsai_q1_0_cuda_node * node, int mode);
+int pybonsai_q1_0_cuda_route(const pybonsai_q1_0_cuda_node * node);
 
 // Repack cache keyed by (current device, q1_0_blocks): the repacked copy of a weight tensor, built on
 // first use with cudaMalloc + pybonsai_q1_0_cuda_repack on `stream` (stream-ordered, so the mmv that

@@ -18,6 +18,12 @@
 #include <mutex>
 #include <utility>
 
+// Kernel launches go through this macro so that the file is also plain C++ for the CPU emulation of
+// the CUDA execution model (csrc/kernels/cuda/emu), which defines its own; nvcc sees <<< >>>.
+#ifndef PYBONSAI_LAUNCH
+#define PYBONSAI_LAUNCH(grid, block, shmem, stream, ...) __VA_ARGS__<<<grid, block, shmem, stream>>>
+#endif
+
 namespace {
 
 constexpr int kWarp          = 32;
@@ -324,9 +330,9 @@ void launch_f32(const uint32_t * bits, const __half * scales, const float * x, f
     const dim3    block(kWarp * kWarpsPerBlock);
     const bool    vec = ((uintptr_t) x % 16 == 0) && (xs % 4 == 0);
     if (vec) {
-        q1_0_mmv_f32_kernel<R, NC, true><<<grid, block, 0, st>>>(bits, scales, x, y, rows, k, xs, ys);
+        PYBONSAI_LAUNCH(grid, block, 0, st, q1_0_mmv_f32_kernel<R, NC, true>)(bits, scales, x, y, rows, k, xs, ys);
     } else {
-        q1_0_mmv_f32_kernel<R, NC, false><<<grid, block, 0, st>>>(bits, scales, x, y, rows, k, xs, ys);
+        PYBONSAI_LAUNCH(grid, block, 0, st, q1_0_mmv_f32_kernel<R, NC, false>)(bits, scales, x, y, rows, k, xs, ys);
     }
 }
 
@@ -336,7 +342,7 @@ void launch_q8(const uint32_t * bits, const __half * scales, const int8_t * qx, 
     const int64_t warps = (rows + R - 1) / R;
     const dim3    grid((unsigned) ((warps + kWarpsPerBlock - 1) / kWarpsPerBlock));
     const dim3    block(kWarp * kWarpsPerBlock);
-    q1_0_mmv_q8_kernel<R, NC><<<grid, block, 0, st>>>(bits, scales, qx, ds, y, rows, k, ys);
+    PYBONSAI_LAUNCH(grid, block, 0, st, q1_0_mmv_q8_kernel<R, NC>)(bits, scales, qx, ds, y, rows, k, ys);
 }
 
 template <int R>
@@ -387,21 +393,23 @@ extern "C" cudaError_t pybonsai_q1_0_cuda_repack(const void * q1_0_blocks, void 
     }
     const int64_t n = rows * (k / kQK);
     const int     threads = 256;
-    q1_0_repack_kernel<<<(unsigned) ((n + threads - 1) / threads), threads, 0, stream>>>(
+    PYBONSAI_LAUNCH((unsigned) ((n + threads - 1) / threads), threads, 0, stream, q1_0_repack_kernel)(
         static_cast<const uint16_t *>(q1_0_blocks), static_cast<uint4 *>(bits), static_cast<__half *>(scales), n);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t pybonsai_q1_0_cuda_mmv(const void * bits, const void * scales, const float * x, float * y,
-                                              int64_t rows, int64_t k, int ncols, int64_t x_stride,
-                                              int64_t y_stride, cudaStream_t stream) {
+namespace {
+
+// The two mat-vec paths with the rows per warp R given (1, 2 or 4; the fp32 path runs 4 as 2).
+cudaError_t mmv_f32_rows(int R, const void * bits, const void * scales, const float * x, float * y, int64_t rows,
+                         int64_t k, int ncols, int64_t x_stride, int64_t y_stride, cudaStream_t stream) {
     if (!args_ok(rows, k, ncols) || (uintptr_t) bits % 16 != 0) {
         return cudaErrorInvalidValue;
     }
     const uint32_t * b = static_cast<const uint32_t *>(bits);
     const __half *   s = static_cast<const __half *>(scales);
     // R = 4 with fp32 activations needs ~240 registers per thread (ptxas -v, sm_90): at most 2 here
-    switch (pick_rows_per_warp(rows, ncols)) {
+    switch (R) {
         case 4:
         case 2:  dispatch_f32<2>(ncols, b, s, x, y, rows, k, x_stride, y_stride, stream); break;
         default: dispatch_f32<1>(ncols, b, s, x, y, rows, k, x_stride, y_stride, stream); break;
@@ -409,13 +417,9 @@ extern "C" cudaError_t pybonsai_q1_0_cuda_mmv(const void * bits, const void * sc
     return cudaGetLastError();
 }
 
-extern "C" size_t pybonsai_q1_0_cuda_mmv_q8_scratch_bytes(int64_t k, int ncols) {
-    return q8_ds_offset(k, ncols) + (size_t) ncols * (size_t) (k / kQG) * sizeof(float2);
-}
-
-extern "C" cudaError_t pybonsai_q1_0_cuda_mmv_q8(const void * bits, const void * scales, const float * x, float * y,
-                                                 int64_t rows, int64_t k, int ncols, int64_t x_stride,
-                                                 int64_t y_stride, void * scratch, cudaStream_t stream) {
+cudaError_t mmv_q8_rows(int R, const void * bits, const void * scales, const float * x, float * y, int64_t rows,
+                        int64_t k, int ncols, int64_t x_stride, int64_t y_stride, void * scratch,
+                        cudaStream_t stream) {
     if (!args_ok(rows, k, ncols) || (uintptr_t) bits % 16 != 0 || scratch == nullptr ||
         (uintptr_t) scratch % 16 != 0) {
         return cudaErrorInvalidValue;
@@ -425,17 +429,37 @@ extern "C" cudaError_t pybonsai_q1_0_cuda_mmv_q8(const void * bits, const void *
 
     const int64_t groups      = (k / kQG) * ncols;
     const int     warps_per_b = 8;
-    q1_0_quantize_x_kernel<<<(unsigned) ((groups + warps_per_b - 1) / warps_per_b), kWarp * warps_per_b, 0,
-                             stream>>>(x, qx, ds, k, ncols, x_stride);
+    PYBONSAI_LAUNCH((unsigned) ((groups + warps_per_b - 1) / warps_per_b), kWarp * warps_per_b, 0, stream,
+                    q1_0_quantize_x_kernel)(x, qx, ds, k, ncols, x_stride);
 
     const uint32_t * b = static_cast<const uint32_t *>(bits);
     const __half *   s = static_cast<const __half *>(scales);
-    switch (pick_rows_per_warp(rows, ncols)) {
+    switch (R) {
         case 4:  dispatch_q8<4>(ncols, b, s, qx, ds, y, rows, k, y_stride, stream); break;
         case 2:  dispatch_q8<2>(ncols, b, s, qx, ds, y, rows, k, y_stride, stream); break;
         default: dispatch_q8<1>(ncols, b, s, qx, ds, y, rows, k, y_stride, stream); break;
     }
     return cudaGetLastError();
+}
+
+}  // namespace
+
+extern "C" cudaError_t pybonsai_q1_0_cuda_mmv(const void * bits, const void * scales, const float * x, float * y,
+                                              int64_t rows, int64_t k, int ncols, int64_t x_stride,
+                                              int64_t y_stride, cudaStream_t stream) {
+    return mmv_f32_rows(args_ok(rows, k, ncols) ? pick_rows_per_warp(rows, ncols) : 1, bits, scales, x, y, rows, k,
+                        ncols, x_stride, y_stride, stream);
+}
+
+extern "C" size_t pybonsai_q1_0_cuda_mmv_q8_scratch_bytes(int64_t k, int ncols) {
+    return q8_ds_offset(k, ncols) + (size_t) ncols * (size_t) (k / kQG) * sizeof(float2);
+}
+
+extern "C" cudaError_t pybonsai_q1_0_cuda_mmv_q8(const void * bits, const void * scales, const float * x, float * y,
+                                                 int64_t rows, int64_t k, int ncols, int64_t x_stride,
+                                                 int64_t y_stride, void * scratch, cudaStream_t stream) {
+    return mmv_q8_rows(args_ok(rows, k, ncols) ? pick_rows_per_warp(rows, ncols) : 1, bits, scales, x, y, rows, k,
+                       ncols, x_stride, y_stride, scratch, stream);
 }
 
 // ---- repack cache for the ggml-cuda hook ---------------------------------------------------------
@@ -473,22 +497,48 @@ void free_entry(const CacheEntry & e) {
 
 }  // namespace
 
+extern "C" int pybonsai_q1_0_cuda_parse_mode(const char * v) {
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "upstream") == 0) {
+        return PYBONSAI_Q1_0_CUDA_UPSTREAM;  // the default until ours is measured on a GPU
+    }
+    if (std::strcmp(v, "ours") == 0 || std::strcmp(v, "q8") == 0) {
+        return PYBONSAI_Q1_0_CUDA_OURS_Q8;
+    }
+    if (std::strcmp(v, "f32") == 0) {
+        return PYBONSAI_Q1_0_CUDA_OURS_F32;
+    }
+    return -1;
+}
+
 extern "C" int pybonsai_q1_0_cuda_mode(void) {
     static const int mode = [] {
         const char * v = std::getenv("PYBONSAI_CUDA_Q1");
-        if (v == nullptr || *v == '\0' || std::strcmp(v, "q8") == 0 || std::strcmp(v, "ours") == 0) {
-            return 1;
+        const int    m = pybonsai_q1_0_cuda_parse_mode(v);
+        if (m < 0) {
+            std::fprintf(stderr, "pybonsai: unknown PYBONSAI_CUDA_Q1=%s (expected upstream|ours|f32); using upstream\n", v);
+            return (int) PYBONSAI_Q1_0_CUDA_UPSTREAM;
         }
-        if (std::strcmp(v, "upstream") == 0) {
-            return 0;
-        }
-        if (std::strcmp(v, "f32") == 0) {
-            return 2;
-        }
-        std::fprintf(stderr, "pybonsai: unknown PYBONSAI_CUDA_Q1=%s (expected upstream|q8|f32); using q8\n", v);
-        return 1;
+        return m;
     }();
     return mode;
+}
+
+extern "C" int pybonsai_q1_0_cuda_route_mode(const pybonsai_q1_0_cuda_node * n, int mode) {
+    const bool ours = mode == PYBONSAI_Q1_0_CUDA_OURS_Q8 || mode == PYBONSAI_Q1_0_CUDA_OURS_F32;
+    const bool fits = n->src0_q1_0 && n->src1_f32 && n->dst_f32 && n->src0_weights && n->src0_contiguous &&
+                      n->src0_ne[0] > 0 && n->src0_ne[0] % kQK == 0 && n->src0_ne[1] > 0 &&
+                      n->src0_ne[2] == 1 && n->src0_ne[3] == 1 && n->src1_ne[0] == n->src0_ne[0] &&
+                      n->src1_ne[1] >= 1 && n->src1_ne[1] <= PYBONSAI_Q1_0_CUDA_MAX_COLS &&
+                      n->src1_ne[2] == 1 && n->src1_ne[3] == 1 &&
+                      n->src1_nb[0] == sizeof(float) && n->src1_nb[1] % sizeof(float) == 0 &&
+                      n->src1_nb[1] >= (size_t) n->src1_ne[0] * sizeof(float) &&
+                      n->dst_nb[0] == sizeof(float) && n->dst_nb[1] % sizeof(float) == 0 &&
+                      n->dst_nb[1] >= (size_t) n->src0_ne[1] * sizeof(float);
+    return ours && fits ? mode : PYBONSAI_Q1_0_CUDA_UPSTREAM;
+}
+
+extern "C" int pybonsai_q1_0_cuda_route(const pybonsai_q1_0_cuda_node * n) {
+    return pybonsai_q1_0_cuda_route_mode(n, pybonsai_q1_0_cuda_mode());
 }
 
 extern "C" cudaError_t pybonsai_q1_0_cuda_cache_get(const void * q1_0_blocks, int64_t rows, int64_t k,
