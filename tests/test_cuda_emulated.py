@@ -61,6 +61,20 @@ def test_every_kernel_path_matches_the_reference(emulated: Path) -> None:
     assert any(xs > k and xs % 4 == 0 for k, xs in strides) and any(xs % 4 for k, xs in strides)
 
 
+def test_the_emulator_itself(tmp_path: Path) -> None:
+    """Barriers, shared memory, every shuffle flavour, ballot, byte_perm, dp4a and half conversions
+    of cuda_emu.h against their definitions (emu/test_emu.cu); a shuffle naming an exited lane aborts."""
+    exe = tmp_path / "test_emu"
+    cmd = [CXX, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{KERNELS / 'emu'}",
+           str(KERNELS / "emu" / "test_emu.cu"), "-o", str(exe)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "warning" not in res.stderr.lower(), res.stderr[-4000:]
+    res = _run(exe)
+    assert res.returncode == 0 and "EMU OK" in res.stdout, res.stdout + res.stderr
+    res = _run(exe, "exited-lane")
+    assert res.returncode != 0 and "exited without reaching it" in res.stderr, res.stdout + res.stderr
+
+
 def test_routing_table(emulated: Path) -> None:
     res = _run(emulated, "--route")
     assert res.returncode == 0 and "ROUTING OK" in res.stdout, res.stdout + res.stderr

@@ -42,11 +42,16 @@ float rndf() { return (float) (rnd() & 0xFFFFFF) / (float) 0x1000000 * 2.0f - 1.
 
 int g_checks = 0;  // mat-vec runs compared with the reference
 int g_cases  = 0;
+bool g_fail_fast = false;  // --emulated: stop after the first failing case (its lines are printed)
 
 // One case: returns the number of failures. rpw: the rows-per-warp values to force (0 = the
 // public API, which picks one).
 int run_case(int64_t rows, int64_t k, int ncols, int64_t x_pad, int64_t y_pad,
              std::vector<int> rpw = {0}) {
+    static int failed_before = 0;
+    if (g_fail_fast && failed_before) {
+        return 0;
+    }
     ++g_cases;
     const int64_t nb = k / 128;
     std::vector<uint8_t> w((size_t) (rows * nb * 18));
@@ -181,6 +186,7 @@ int run_case(int64_t rows, int64_t k, int ncols, int64_t x_pad, int64_t y_pad,
         std::printf(R ? "%d," : "auto(%d),", R ? R : pick_rows_per_warp(rows, ncols));
     }
     std::printf("\n");
+    failed_before += fails;
     return fails;
 }
 
@@ -261,6 +267,7 @@ int main(int argc, char ** argv) {
     }
     int fails = check_routing();
     const std::vector<int> all_r = {0, 1, 2, 4};
+    g_fail_fast = emulated;
     if (emulated) {
         // Every path at every rows-per-warp choice, 1..8 columns, odd row counts, K 128..12288, both
         // activation load paths (16-byte vectors when the column stride allows, scalar otherwise).
