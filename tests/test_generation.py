@@ -170,7 +170,7 @@ def test_closed_model_raises(tiny_model_path):
         model.tokenize(b"x")
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=2.0), dict(top_k=-3), dict(repeat_penalty=0),
+@pytest.mark.parametrize("bad", [dict(temperature=float("nan")), dict(top_p=2.0), dict(top_k=-3), dict(repeat_penalty=0),
                                  dict(seed=-5), dict(logprobs=-1)])
 def test_bad_sampling_arguments_are_value_errors(llm, bad):
     with pytest.raises(ValueError):

@@ -18,8 +18,9 @@ constexpr uint32_t kMaxSeq = 256;  // LLAMA_MAX_SEQ in src/llama-cparams.h (not 
 class Context {
 public:
     Context(Model & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, int n_threads,
-            int n_threads_batch, int flash_attn, int type_k, int type_v, uint32_t n_seq_max, bool kv_unified)
-        : model_(model.shared()), n_vocab_(model.n_vocab()) {
+            int n_threads_batch, int flash_attn, int type_k, int type_v, uint32_t n_seq_max, bool kv_unified,
+            const py::dict & options)
+        : model_(model.shared()), n_vocab_(model.n_vocab()), n_embd_(llama_model_n_embd(model.get())) {
         if (model.vocab_only()) throw py::value_error("'" + model.path() + "' was loaded with vocab_only: no context possible");
         if (n_threads < 1 || n_threads_batch < 1) throw py::value_error("n_threads must be at least 1");
         if (n_batch < 1 || n_ubatch < 1) throw py::value_error("n_batch and n_ubatch must be at least 1");
@@ -38,6 +39,7 @@ public:
         p.flash_attn_type = (llama_flash_attn_type) flash_attn;
         p.type_k = (ggml_type) type_k;
         p.type_v = (ggml_type) type_v;
+        apply_context_options(p, options);
         p.abort_callback = [](void * self) { return static_cast<Context *>(self)->abort_.load(); };
         p.abort_callback_data = this;
         take_log();
@@ -257,6 +259,30 @@ public:
         });
     }
 
+    // Embeddings of the last decode (a context made with embeddings=True): the pooled vector of
+    // sequence 0, or with pooling NONE one row per output token, (n_outputs, n_embd).
+    py::array_t<float> embeddings(bool pooled) {
+        const int rows = pooled ? 1 : n_outputs_.load();
+        if (rows == 0) throw LlamaError("no embeddings: decode a batch first");
+        py::array_t<float, py::array::c_style> dst({(py::ssize_t) rows, (py::ssize_t) n_embd_});
+        float * target = dst.mutable_data();
+        locked([&](llama_context * ctx) {
+            if (n_outputs_ == 0) throw LlamaError("no embeddings: decode a batch first");
+            const float * src = pooled ? llama_get_embeddings_seq(ctx, 0) : llama_get_embeddings(ctx);
+            if (!src) {
+                throw LlamaError(pooled ? "no pooled embedding (was the context made with embeddings=True and a pooling type?)"
+                                        : "no token embeddings (was the context made with embeddings=True?)");
+            }
+            std::memcpy(target, src, sizeof(float) * (size_t) rows * (size_t) n_embd_);
+            return 0;
+        });
+        return dst;
+    }
+
+    int pooling_type() {
+        return locked([](llama_context * ctx) { return (int) ::llama_pooling_type(ctx); });
+    }
+
     int n_outputs() const { return n_outputs_; }
     uint32_t n_ctx() const { return n_ctx_; }
     uint32_t n_batch() const { return n_batch_; }
@@ -275,6 +301,7 @@ private:
     ModelPtr model_;
     llama_context * ctx_ = nullptr;
     int n_vocab_;
+    int n_embd_;
     uint32_t n_batch_ = 0;
     uint32_t n_ctx_ = 0;
     std::atomic<int> n_outputs_{0};
@@ -297,11 +324,14 @@ llama_token sample_from(py::handle context, int idx, llama_token (*fn)(void *, l
 
 void init_context(py::module_ & m) {
     py::class_<Context>(m, "Context", "Inference state over a Model: KV cache, batch decode, logits.")
-        .def(py::init<Model &, uint32_t, uint32_t, uint32_t, int, int, int, int, int, uint32_t, bool>(),
+        .def(py::init<Model &, uint32_t, uint32_t, uint32_t, int, int, int, int, int, uint32_t, bool, const py::dict &>(),
              py::arg("model"), py::arg("n_ctx") = 512, py::arg("n_batch") = 512, py::arg("n_ubatch") = 512,
              py::arg("n_threads") = 1, py::arg("n_threads_batch") = 1,
              py::arg("flash_attn") = (int) LLAMA_FLASH_ATTN_TYPE_DISABLED, py::arg("type_k") = (int) GGML_TYPE_F16,
-             py::arg("type_v") = (int) GGML_TYPE_F16, py::arg("n_seq_max") = 1, py::arg("kv_unified") = true)
+             py::arg("type_v") = (int) GGML_TYPE_F16, py::arg("n_seq_max") = 1, py::arg("kv_unified") = true,
+             py::arg("options") = py::dict(),
+             "`options`: llama_context_params fields by name (rope_*, yarn_*, pooling_type, attention_type, "
+             "embeddings, offload_kqv, no_perf, op_offload, swa_full).")
         .def("close", &Context::close)
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_batch", &Context::n_batch)
@@ -325,6 +355,10 @@ void init_context(py::module_ & m) {
              "Forget positions [p0, p1) of a sequence (p1 < 0: to the end); frees its KV cells.")
         .def("logits", &Context::logits, py::arg("out") = py::none(),
              "The last decode's logits, (n_outputs, n_vocab), copied into `out` or a new float32 array.")
+        .def("embeddings", &Context::embeddings, py::arg("pooled"),
+             "The last decode's embeddings: the pooled vector of sequence 0 (1, n_embd), or every output "
+             "token's (n_outputs, n_embd).")
+        .def_property_readonly("pooling_type", &Context::pooling_type)
         .def("memory_clear", &Context::memory_clear)
         .def("state_get", &Context::state_get, "llama_state_get_data: the KV cache and last logits as bytes.")
         .def("state_set", &Context::state_set, py::arg("data"),

@@ -9,11 +9,12 @@ namespace pybonsai {
 
 void init_model(py::module_ & m) {
     py::class_<Model>(m, "Model", "A loaded GGUF model (llama_model) and its vocabulary.")
-        .def(py::init<const std::string &, int, bool, bool, bool, py::object>(), py::arg("path"),
+        .def(py::init<const std::string &, int, bool, bool, bool, py::object, const py::dict &>(), py::arg("path"),
              py::arg("n_gpu_layers") = 0, py::arg("vocab_only") = false, py::arg("use_mmap") = true,
              py::arg("use_mlock") = false,
-             py::arg("progress") = py::none(),
-             "Load a GGUF. `progress(fraction)` may return False to cancel.")
+             py::arg("progress") = py::none(), py::arg("options") = py::dict(),
+             "Load a GGUF. `progress(fraction)` may return False to cancel; `options`: split_mode, main_gpu, "
+             "tensor_split, kv_overrides ([(key, value)]).")
         .def_property_readonly("path", &Model::path)
         .def_property_readonly("closed", &Model::closed)
         .def("close", &Model::close, "Drop this handle; weights are freed once no Context uses them.")

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "core.h"
+#include "options.h"
 
 #include "llama.h"
 
@@ -41,13 +42,15 @@ struct ProgressRelay {
 class Model {
 public:
     Model(const std::string & path, int n_gpu_layers, bool vocab_only, bool use_mmap, bool use_mlock,
-          py::object progress) : path_(path) {
+          py::object progress, const py::dict & options = py::dict()) : path_(path) {
         llama_model_params params = llama_model_default_params();
         params.n_gpu_layers = n_gpu_layers;
         params.vocab_only = vocab_only;
         // llama-cpp-python's mapping of its two booleans onto llama_load_mode
         params.load_mode = use_mmap ? (use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
                                     : (use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
+        ModelOptions extra;  // split_mode, main_gpu, tensor_split, kv_overrides (kept alive for the load)
+        extra.apply(params, options);
         ProgressRelay relay{std::move(progress)};
         if (!relay.fn.is_none()) {
             params.progress_callback = &ProgressRelay::call;

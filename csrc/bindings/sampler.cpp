@@ -61,6 +61,22 @@ void init_sampler(py::module_ & m) {
             Sampler::check_unit("min_p", p);
             s.add(llama_sampler_init_min_p(p, min_keep));
         }, py::arg("p"), py::arg("min_keep") = 1)
+        .def("add_typical", [](Sampler & s, float p, size_t min_keep) {
+            Sampler::check_unit("typical_p", p);
+            s.add(llama_sampler_init_typical(p, min_keep));
+        }, py::arg("p"), py::arg("min_keep") = 1)
+        .def("add_mirostat", [](Sampler & s, const Model & model, uint32_t seed, float tau, float eta, int m) {
+            if (!std::isfinite(tau) || !std::isfinite(eta) || tau < 0.0f || eta < 0.0f) {
+                throw py::value_error("mirostat_tau and mirostat_eta must be finite and >= 0");
+            }
+            s.add(llama_sampler_init_mirostat(model.n_vocab(), seed, tau, eta, m));
+        }, py::arg("model"), py::arg("seed"), py::arg("tau"), py::arg("eta"), py::arg("m") = 100)
+        .def("add_mirostat_v2", [](Sampler & s, uint32_t seed, float tau, float eta) {
+            if (!std::isfinite(tau) || !std::isfinite(eta) || tau < 0.0f || eta < 0.0f) {
+                throw py::value_error("mirostat_tau and mirostat_eta must be finite and >= 0");
+            }
+            s.add(llama_sampler_init_mirostat_v2(seed, tau, eta));
+        }, py::arg("seed"), py::arg("tau"), py::arg("eta"))
         .def("add_temp", [](Sampler & s, float t) {
             if (!std::isfinite(t) || t < 0.0f) throw py::value_error("temperature must be finite and >= 0");
             s.add(llama_sampler_init_temp(t));

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Llama", "Engine", "LlamaState", "LlamaRAMCache", "LlamaDiskCache", "LlamaCache", "system_info",
-           "__version__"]
+__all__ = ["Llama", "Engine", "LlamaState", "LlamaRAMCache", "LlamaDiskCache", "LlamaCache",
+           "UnsupportedParameterWarning", "system_info", "__version__"]
 _LAZY = {"LlamaState": "state", "LlamaRAMCache": "llama_cache", "LlamaDiskCache": "llama_cache",
-         "LlamaCache": "llama_cache", "BaseLlamaCache": "llama_cache"}
+         "LlamaCache": "llama_cache", "BaseLlamaCache": "llama_cache", "UnsupportedParameterWarning": "compat"}
 
 
 def __getattr__(name: str):
@@ -20,9 +20,10 @@ def __getattr__(name: str):
     if name == "system_info":
         from .backends import system_info
         return system_info
-    if name in _LAZY or name.startswith("GGML_TYPE_"):
-        import importlib
-        module = importlib.import_module("." + _LAZY.get(name, "kv_cache"), __name__)
+    if name in _LAZY or name.startswith(("GGML_TYPE_", "LLAMA_")):
+        import importlib  # LLAMA_*: llama-cpp-python's enum constants (pybonsai.compat)
+        module = importlib.import_module("." + _LAZY.get(name, "compat" if name.startswith("LLAMA_") else "kv_cache"),
+                                         __name__)
         if hasattr(module, name):
             return getattr(module, name)
     raise AttributeError(f"module 'pybonsai' has no attribute {name!r}")

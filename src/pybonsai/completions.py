@@ -7,6 +7,8 @@ into a Completion / ChatCompletion dict or into stream chunks, step by step (`jo
 that synchronous iterators and the asynchronous server share every piece."""
 from __future__ import annotations
 
+import codecs
+import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from . import llama_cache
 from .chat import ChatTemplate
+from .compat import ignored_sampling_args, pending_feature_args
 from .text import TextAssembler
 from .types import new_id, now
 
@@ -23,13 +26,37 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Step:
-    """What one generation step produced: final text, and (with logprobs) per-token details."""
+    """What one generation step produced: final text, and (with logprobs) per-token details.
+    `text_offset` counts characters from the start of the generated text."""
 
     text: str = ""
     tokens: list[str] = field(default_factory=list)
-    token_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    token_logprobs: list[Optional[float]] = field(default_factory=list)
+    top_logprobs: list[Optional[dict[str, float]]] = field(default_factory=list)
+    text_offset: list[int] = field(default_factory=list)
     finish_reason: Optional[str] = None
+
+    def add_token(self, text: str, offset: int, logprob: Optional[float], top: Optional[dict[str, float]]) -> None:
+        self.tokens.append(text)
+        self.text_offset.append(offset)
+        self.token_logprobs.append(logprob)
+        self.top_logprobs.append(top)
+
+
+class _Offsets:
+    """Character offsets of tokens in decoded text: a token starts where the text decoded from
+    every byte before it ends (an incomplete UTF-8 tail is not counted), so a character split
+    across tokens never shifts later offsets."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.chars = 0
+
+    def push(self, piece: bytes) -> int:
+        """The offset of the token whose bytes are `piece`; then account for them."""
+        start = self.chars
+        self.chars += len(self._decoder.decode(piece))
+        return start
 
 
 @dataclass
@@ -72,18 +99,37 @@ def _check_fits(tokens: list[int], n_ctx: int) -> None:
         raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
 
 
-def _sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty, presence_penalty, seed):
-    """Completion-API argument names to Llama.generate's."""
+def _sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty, presence_penalty, seed,
+              typical_p=1.0, tfs_z=1.0, mirostat_mode=0, mirostat_tau=5.0, mirostat_eta=0.1):
+    """Completion-API argument names to Llama.generate's (tfs_z, which llama.cpp dropped, warns)."""
+    ignored_sampling_args(tfs_z=tfs_z, stacklevel=4)
     return dict(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k, repeat_penalty=repeat_penalty,
-                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
+                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
+                typical_p=typical_p, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+                mirostat_eta=mirostat_eta)
+
+
+def _pending(**given: Any) -> None:
+    """Arguments whose feature (structured output: grammars, JSON, tools, logit processing) has
+    not landed in this build: accepted, and named in one warning each."""
+    pending_feature_args({name: "structured output / logits processing" for name, value in given.items()
+                          if value is not None}, stacklevel=4)
+
+
+def _check_logprobs(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
 
 
 def _top_logprobs(llm: "Llama", logits: np.ndarray, token: int, n: int) -> tuple[float, dict[str, float]]:
+    """The sampled token's logprob, and the `n` most likely tokens' (plus the sampled one, always
+    included, as llama-cpp-python does)."""
     shifted = logits.astype(np.float64) - logits.max()
     logprobs = shifted - np.log(np.exp(shifted).sum())
     top = np.argpartition(-logprobs, n)[:n] if n < logprobs.size else np.arange(logprobs.size)
     top = top[np.argsort(-logprobs[top])]
     table = {_piece_text(llm, int(t)): float(logprobs[t]) for t in top}
+    table[_piece_text(llm, token)] = float(logprobs[token])
     return float(logprobs[token]), table
 
 
@@ -105,6 +151,7 @@ class TokenTextStream:
         self.llm, self.usage, self.logprobs = llm, usage, logprobs
         usage.prompt_tokens = prompt_len
         self._assembler = TextAssembler(stop)
+        self._offsets = _Offsets()
         self._step = _Step()
         self.done = self.limit <= 0
 
@@ -116,12 +163,11 @@ class TokenTextStream:
             return self.finish("stop")
         self.usage.completion_tokens += 1
         step = self._step
+        piece = self.llm.token_to_piece(token)
         if self.logprobs is not None:
-            lp, table = _top_logprobs(self.llm, logits(), token, max(int(self.logprobs), 1))
-            step.tokens.append(_piece_text(self.llm, token))
-            step.token_logprobs.append(lp)
-            step.top_logprobs.append(table)
-        step.text += self._assembler.push(self.llm.token_to_piece(token))
+            step.add_token(piece.decode("utf-8", errors="replace"), self._offsets.push(piece),
+                           *_top_logprobs(self.llm, logits(), token, int(self.logprobs)))
+        step.text += self._assembler.push(piece)
         if self._assembler.stopped:
             return self.finish("stop")
         if self.usage.completion_tokens >= self.limit:
@@ -163,16 +209,50 @@ def _generate_text(llm: "Llama", job: "CompletionJob", usage: _Usage) -> Iterato
         llama_cache.remember(llm)
 
 
-def _logprobs_dict(steps: Sequence[_Step], offset: int) -> dict[str, Any]:
-    tokens, lps, tops, offsets = [], [], [], []
+def _prompt_logprobs(llm: "Llama", tokens: list[int], n: int) -> _Step:
+    """echo=True with logprobs: every prompt token with the logprob the model gave it (the first
+    has none, as in OpenAI's and llama-cpp-python's responses; a leading BOS is left out).
+    Evaluates the prompt on the Llama's own context (generation then reuses it)."""
+    step, offsets = _Step(), _Offsets()
+    llm.reset()
+    previous: Optional[np.ndarray] = None
+    bos = llm.token_bos()
+    for pos0, rows in llm._eval_chunks(tokens, all_logits=True):
+        for i, row in enumerate(rows):
+            token = tokens[pos0 + i]
+            if not (pos0 + i == 0 and token == bos):
+                piece = llm.token_to_piece(token, special=True)
+                offset = offsets.push(piece)
+                text = piece.decode("utf-8", errors="replace")
+                if previous is None:
+                    step.add_token(text, offset, None, None)
+                else:
+                    step.add_token(text, offset, *_top_logprobs(llm, previous, token, n))
+            previous = row
+    return step
+
+
+def _logprobs_dict(steps: Sequence[_Step], base: int) -> dict[str, Any]:
+    """CompletionLogprobs of `steps`, offsets shifted by `base` characters."""
+    out: dict[str, list] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
     for s in steps:
-        for tok, lp, top in zip(s.tokens, s.token_logprobs, s.top_logprobs):
-            offsets.append(offset)
-            offset += len(tok)
-            tokens.append(tok)
-            lps.append(lp)
-            tops.append(top)
-    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+        out["tokens"] += s.tokens
+        out["text_offset"] += [base + o for o in s.text_offset]
+        out["token_logprobs"] += s.token_logprobs
+        out["top_logprobs"] += s.top_logprobs
+    return out
+
+
+def _chat_logprobs(steps: Sequence[_Step]) -> dict[str, Any]:
+    """Completion logprobs in the chat shape: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    def entry(token: str, logprob: Optional[float]) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = []
+    for s in steps:
+        for token, lp, top in zip(s.tokens, s.token_logprobs, s.top_logprobs):
+            content.append({**entry(token, lp), "top_logprobs": [entry(t, v) for t, v in (top or {}).items()]})
+    return {"content": content, "refusal": None}
 
 
 @dataclass
@@ -189,6 +269,8 @@ class CompletionJob:
     stream: bool = False
     prefix: str = ""
     suffix: str = ""
+    prompt_chars: int = 0             # text_offset counts from the prompt's start (llama-cpp-python, OpenAI)
+    echoed: Optional[_Step] = None    # echo=True + logprobs: the prompt tokens' logprobs
 
     def text_stream(self, llm: "Llama", n_ctx: int, usage: _Usage) -> TokenTextStream:
         return TokenTextStream(llm, len(self.prompt_tokens), n_ctx, usage, max_tokens=self.max_tokens,
@@ -199,11 +281,15 @@ class CompletionJob:
         finish = steps[-1].finish_reason if steps else None
         if self.chat:
             message = {"role": "assistant", "content": "".join(s.text for s in steps)}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "message": message, "finish_reason": finish,
+                      "logprobs": _chat_logprobs(steps) if self.logprobs is not None else None}
             return {**self.head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
         text = self.prefix + "".join(s.text for s in steps) + self.suffix
-        choice = {"text": text, "index": 0, "finish_reason": finish,
-                  "logprobs": _logprobs_dict(steps, len(self.prefix)) if self.logprobs is not None else None}
+        lp = None
+        if self.logprobs is not None:
+            echoed = _logprobs_dict([self.echoed] if self.echoed else [], 0)
+            lp = {key: echoed[key] + value for key, value in _logprobs_dict(steps, self.prompt_chars).items()}
+        choice = {"text": text, "index": 0, "finish_reason": finish, "logprobs": lp}
         return {**self.head, "object": "text_completion", "choices": [choice], "usage": usage.as_dict()}
 
     def formatter(self) -> "_ChunkFormatter":
@@ -233,28 +319,26 @@ class _ChunkFormatter:
 
 class _CompletionChunks(_ChunkFormatter):
     def __init__(self, job: CompletionJob):
-        self.job, self.offset = job, 0
+        self.job = job
 
-    def _chunk(self, text: str, finish: Optional[str], logprob_steps: list[_Step]) -> dict:
-        lp = _logprobs_dict(logprob_steps, self.offset) if self.job.logprobs is not None else None
+    def _chunk(self, text: str, finish: Optional[str], logprob_steps: list[_Step], base: int) -> dict:
+        lp = _logprobs_dict(logprob_steps, base) if self.job.logprobs is not None else None
         return {**self.job.head, "object": "text_completion",
                 "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]}
 
     def start(self) -> list[dict]:
         if not self.job.prefix:
             return []
-        out = [self._chunk(self.job.prefix, None, [])]
-        self.offset += len(self.job.prefix)
-        return out
+        return [self._chunk(self.job.prefix, None, [self.job.echoed] if self.job.echoed else [], 0)]
 
     def step(self, step: _Step) -> list[dict]:
         out = []
         text = step.text + (self.job.suffix if step.finish_reason else "")
-        if text or step.finish_reason is None:
-            out.append(self._chunk(text, None, [step]))
-        self.offset += len(text)
+        # A step without new text still carries its tokens' logprobs (those of a stop string).
+        if text or step.tokens or step.finish_reason is None:
+            out.append(self._chunk(text, None, [step], self.job.prompt_chars))
         if step.finish_reason:
-            out.append(self._chunk("", step.finish_reason, []))
+            out.append(self._chunk("", step.finish_reason, [], self.job.prompt_chars))
         return out
 
 
@@ -262,17 +346,18 @@ class _ChatChunks(_ChunkFormatter):
     def __init__(self, job: CompletionJob):
         self.job = job
 
-    def _chunk(self, delta: dict, finish: Optional[str]) -> dict:
+    def _chunk(self, delta: dict, finish: Optional[str], logprobs: Optional[dict] = None) -> dict:
         return {**self.job.head, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
     def start(self) -> list[dict]:
         return [self._chunk({"role": "assistant"}, None)]
 
     def step(self, step: _Step) -> list[dict]:
         out = []
-        if step.text:
-            out.append(self._chunk({"content": step.text}, None))
+        with_logprobs = self.job.logprobs is not None
+        if step.text or (with_logprobs and step.tokens):
+            out.append(self._chunk({"content": step.text}, None, _chat_logprobs([step]) if with_logprobs else None))
         if step.finish_reason:
             out.append(self._chunk({}, step.finish_reason))
         return out
@@ -287,6 +372,8 @@ def completion_job(
     temperature: float = 0.8,
     top_p: float = 0.95,
     min_p: float = 0.05,
+    typical_p: float = 1.0,
+    logprobs: Optional[int] = None,
     echo: bool = False,
     stop: Union[str, Sequence[str], None] = None,
     frequency_penalty: float = 0.0,
@@ -295,24 +382,45 @@ def completion_job(
     top_k: int = 40,
     stream: bool = False,
     seed: Optional[int] = None,
-    logprobs: Optional[int] = None,
+    tfs_z: float = 1.0,
+    mirostat_mode: int = 0,
+    mirostat_tau: float = 5.0,
+    mirostat_eta: float = 0.1,
     model: Optional[str] = None,
+    stopping_criteria: Any = None,
+    logits_processor: Any = None,
+    grammar: Any = None,
+    logit_bias: Optional[dict[int, float]] = None,
 ) -> CompletionJob:
-    """Validate llama-cpp-python's create_completion arguments for a context of `n_ctx` tokens."""
-    if logprobs is not None and (not isinstance(logprobs, int) or logprobs < 0):
-        raise ValueError(f"logprobs must be None or an int >= 0, got {logprobs!r}")
+    """Validate llama-cpp-python's create_completion arguments (its positional order and
+    defaults) for a context of `n_ctx` tokens."""
+    _check_logprobs("logprobs", logprobs)
+    _pending(stopping_criteria=stopping_criteria, logits_processor=logits_processor, grammar=grammar,
+             logit_bias=logit_bias)
     tokens = _prompt_tokens(llm, prompt, n_ctx)
     head = {"id": new_id("cmpl"), "created": now(), "model": model or llm.model_path}
-    prefix = llm.detokenize(tokens).decode("utf-8", errors="replace") if echo else ""
+    prompt_text = prompt if isinstance(prompt, str) else llm.detokenize(tokens).decode("utf-8", errors="replace")
     return CompletionJob(chat=False, prompt_tokens=tokens, max_tokens=max_tokens, stop=_as_stop_list(stop),
-                         logprobs=logprobs, head=head, stream=stream, prefix=prefix, suffix=suffix or "",
-                         sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
-                                            frequency_penalty, presence_penalty, seed))
+                         logprobs=logprobs, head=head, stream=stream, prefix=prompt_text if echo else "",
+                         suffix=suffix or "", prompt_chars=len(prompt_text),
+                         sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty,
+                                            presence_penalty, seed, typical_p, tfs_z, mirostat_mode,
+                                            mirostat_tau, mirostat_eta))
 
 
-def create_completion(llm: "Llama", prompt: Union[str, Sequence[int]], **kwargs: Any):
-    """llama-cpp-python's create_completion: a Completion dict, or CompletionChunks if stream."""
-    job = completion_job(llm, llm.n_ctx(), prompt, **kwargs)
+def _public_signature(job_factory: Callable) -> inspect.Signature:
+    """The factory's signature without `n_ctx` (what Llama's methods take)."""
+    sig = inspect.signature(job_factory)
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "n_ctx"], return_annotation=Any)
+
+
+def create_completion(llm: "Llama", prompt: Union[str, Sequence[int]], *args: Any, **kwargs: Any):
+    """llama-cpp-python's create_completion: a Completion dict, or CompletionChunks if stream.
+    logprobs work without logits_all; text_offset counts characters of prompt + completion text,
+    as llama-cpp-python's (and OpenAI's) do."""
+    job = completion_job(llm, llm.n_ctx(), prompt, *args, **kwargs)
+    if job.prefix and job.logprobs is not None:
+        job.echoed = _prompt_logprobs(llm, job.prompt_tokens, job.logprobs)
     usage = _Usage()
     return job.respond(_generate_text(llm, job, usage), usage)
 
@@ -321,37 +429,64 @@ def chat_completion_job(
     llm: "Llama",
     n_ctx: int,
     messages: Sequence[dict],
+    functions: Optional[list[dict]] = None,
+    function_call: Any = None,
+    tools: Optional[list[dict]] = None,
+    tool_choice: Any = None,
     temperature: float = 0.2,
     top_p: float = 0.95,
     top_k: int = 40,
     min_p: float = 0.05,
+    typical_p: float = 1.0,
     stream: bool = False,
     stop: Union[str, Sequence[str], None] = None,
     seed: Optional[int] = None,
+    response_format: Optional[dict] = None,
     max_tokens: Optional[int] = None,
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
     repeat_penalty: float = 1.0,
+    tfs_z: float = 1.0,
+    mirostat_mode: int = 0,
+    mirostat_tau: float = 5.0,
+    mirostat_eta: float = 0.1,
     model: Optional[str] = None,
+    logits_processor: Any = None,
+    grammar: Any = None,
+    logit_bias: Optional[dict[int, float]] = None,
+    logprobs: Optional[bool] = None,
+    top_logprobs: Optional[int] = None,
+    # pybonsai's own
     enable_thinking: Optional[bool] = None,
     chat_template_kwargs: Optional[dict[str, Any]] = None,
 ) -> CompletionJob:
-    """Validate llama-cpp-python's create_chat_completion arguments; render the chat template."""
+    """Validate llama-cpp-python's create_chat_completion arguments (its positional order and
+    defaults); render the chat template. logprobs=True adds each token's logprob and its
+    `top_logprobs` most likely alternatives, in OpenAI's chat shape."""
+    _pending(functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice,
+             response_format=response_format, logits_processor=logits_processor, grammar=grammar,
+             logit_bias=logit_bias)
+    _check_logprobs("top_logprobs", top_logprobs)
     prompt = render_chat_prompt(llm, messages, enable_thinking, chat_template_kwargs)
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     _check_fits(tokens, n_ctx)
     head = {"id": new_id("chatcmpl"), "created": now(), "model": model or llm.model_path}
     return CompletionJob(chat=True, prompt_tokens=tokens, max_tokens=max_tokens, stop=_as_stop_list(stop),
-                         logprobs=None, head=head, stream=stream,
-                         sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty,
-                                            frequency_penalty, presence_penalty, seed))
+                         logprobs=(top_logprobs or 0) if logprobs else None, head=head, stream=stream,
+                         sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty,
+                                            presence_penalty, seed, typical_p, tfs_z, mirostat_mode,
+                                            mirostat_tau, mirostat_eta))
 
 
-def create_chat_completion(llm: "Llama", messages: Sequence[dict], **kwargs: Any):
+def create_chat_completion(llm: "Llama", messages: Sequence[dict], *args: Any, **kwargs: Any):
     """llama-cpp-python's create_chat_completion over the GGUF's (or the given) chat template."""
-    job = chat_completion_job(llm, llm.n_ctx(), messages, **kwargs)
+    job = chat_completion_job(llm, llm.n_ctx(), messages, *args, **kwargs)
     usage = _Usage()
     return job.respond(_generate_text(llm, job, usage), usage)
+
+
+create_completion.__signature__ = _public_signature(completion_job)  # type: ignore[attr-defined]
+create_chat_completion.__signature__ = _public_signature(chat_completion_job)  # type: ignore[attr-defined]
 
 
 def render_chat_prompt(llm: "Llama", messages: Sequence[dict], enable_thinking: Optional[bool] = None,

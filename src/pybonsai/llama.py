@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Generator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, backends, completions, gpu, kv_cache, state
+from . import _core, backends, compat, completions, embeddings, gpu, kv_cache, state
 from .llama_cache import BaseLlamaCache
 from .gguf_file import check_gguf_path
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
@@ -32,33 +32,80 @@ class Llama:
         self,
         model_path: Union[str, "os.PathLike[str]"],
         *,
-        n_ctx: int = 512,
-        n_batch: int = 512,
-        n_ubatch: Optional[int] = None,
-        n_threads: Optional[int] = None,
-        n_threads_batch: Optional[int] = None,
+        # llama-cpp-python's parameters, in its order and with its defaults (see README,
+        # "Coming from llama-cpp-python", for the few that cannot apply and warn instead).
+        # Model
         n_gpu_layers: int = 0,
-        seed: int = DEFAULT_SEED,
+        split_mode: int = 1,  # LLAMA_SPLIT_MODE_LAYER
+        main_gpu: int = 0,
+        tensor_split: Optional[Sequence[float]] = None,
         vocab_only: bool = False,
         use_mmap: bool = True,
         use_mlock: bool = False,
+        kv_overrides: Optional[Dict[str, Union[bool, int, float, str]]] = None,
+        # Context
+        seed: int = DEFAULT_SEED,
+        n_ctx: int = 512,
+        n_batch: int = 512,
+        n_ubatch: int = 512,
+        n_threads: Optional[int] = None,
+        n_threads_batch: Optional[int] = None,
+        rope_scaling_type: Optional[int] = -1,  # LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED
+        pooling_type: int = -1,                 # LLAMA_POOLING_TYPE_UNSPECIFIED
+        attention_type: int = -1,               # LLAMA_ATTENTION_TYPE_UNSPECIFIED
+        rope_freq_base: float = 0.0,
+        rope_freq_scale: float = 0.0,
+        yarn_ext_factor: float = -1.0,
+        yarn_attn_factor: float = 1.0,
+        yarn_beta_fast: float = 32.0,
+        yarn_beta_slow: float = 1.0,
+        yarn_orig_ctx: int = 0,
         logits_all: bool = False,
+        embedding: bool = False,
+        offload_kqv: bool = True,
         flash_attn: bool = False,
+        op_offload: Optional[bool] = None,
+        swa_full: Optional[bool] = None,
+        # Sampling
+        no_perf: bool = False,
+        last_n_tokens_size: int = 64,
+        # LoRA
+        lora_base: Optional[str] = None,
+        lora_scale: float = 1.0,
+        lora_path: Optional[str] = None,
+        # Backend
+        numa: Union[bool, int] = False,
+        # Chat format
+        chat_format: Optional[str] = None,
+        chat_handler: Any = None,
+        # Speculative decoding
+        draft_model: Any = None,
+        # Tokenizer override
+        tokenizer: Any = None,
+        # KV cache quantization
         type_k: kv_cache.KVType = None,
         type_v: kv_cache.KVType = None,
+        # Misc
+        spm_infill: bool = False,
+        verbose: bool = False,
+        # pybonsai's own
         chat_template: Optional[str] = None,
         progress_callback=None,
-        verbose: bool = False,
+        **kwargs: Any,
     ) -> None:
         self._model: Optional[_core.Model] = None
         self._ctx: Optional[_core.Context] = None
         self.cache: Optional[BaseLlamaCache] = None
         self._model_fingerprint: Optional[str] = None
-        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_gpu_layers", n_gpu_layers)):
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch),
+                            ("n_gpu_layers", n_gpu_layers), ("last_n_tokens_size", last_n_tokens_size)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {value!r}")
-        if n_ctx < 0 or n_batch < 1:
-            raise ValueError(f"n_ctx must be >= 0 (0 = the model's) and n_batch >= 1; got {n_ctx}, {n_batch}")
+        if n_ctx < 0 or n_batch < 1 or n_ubatch < 1:
+            raise ValueError(f"n_ctx must be >= 0 (0 = the model's), n_batch and n_ubatch >= 1; "
+                             f"got {n_ctx}, {n_batch}, {n_ubatch}")
+        if last_n_tokens_size < 0:
+            raise ValueError(f"last_n_tokens_size must be >= 0, got {last_n_tokens_size}")
         if not isinstance(seed, int) or not 0 <= seed <= 0xFFFFFFFF:
             raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
         self.kv_cache = kv_cache.resolve(type_k, type_v, flash_attn)  # before loading: fail fast
@@ -66,11 +113,23 @@ class Llama:
         self.verbose = verbose
         self.seed = seed
         self.logits_all = logits_all
+        self.embedding = embedding
+        self.last_n_tokens_size = last_n_tokens_size
+        self.lora_base, self.lora_path, self.lora_scale = lora_base, lora_path, lora_scale
+        self.chat_format, self.chat_handler, self.draft_model = chat_format, chat_handler, draft_model
+        compat.ignored_llama_args(numa=numa, lora_base=lora_base, lora_path=lora_path, lora_scale=lora_scale,
+                                  chat_format=chat_format, chat_handler=chat_handler, draft_model=draft_model,
+                                  tokenizer=tokenizer, spm_infill=spm_infill, extra=kwargs, stacklevel=3)
+        model_options: dict[str, Any] = {"split_mode": split_mode, "main_gpu": main_gpu,
+                                         "kv_overrides": compat.check_kv_overrides(kv_overrides)}
+        if tensor_split is not None:
+            model_options["tensor_split"] = [float(x) for x in tensor_split]
         _core.set_verbose(verbose)
         backends.ensure_loaded()
         n_gpu_layers = gpu.resolve_n_gpu_layers(n_gpu_layers)  # the rule: README, GPU offload
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only,
-                                  use_mmap=use_mmap, use_mlock=use_mlock, progress=progress_callback)
+                                  use_mmap=use_mmap, use_mlock=use_mlock, progress=progress_callback,
+                                  options=model_options)
         self._chat_template_override = chat_template
         self._metadata: Optional[dict[str, str]] = None
         self.n_tokens = 0
@@ -81,11 +140,23 @@ class Llama:
                                                                      self._model.n_head))
         n_ctx = n_ctx or self._model.n_ctx_train
         n_batch = min(n_batch, n_ctx)
+        # A pooled embedding must come from one micro-batch (llama.cpp pools per ubatch).
+        n_ubatch = n_batch if embedding else min(n_ubatch, n_batch)
         threads = n_threads or _default_threads()
-        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch or n_batch,
+        context_options = dict(
+            rope_scaling_type=-1 if rope_scaling_type is None else rope_scaling_type,
+            pooling_type=pooling_type, attention_type=attention_type, rope_freq_base=rope_freq_base,
+            rope_freq_scale=rope_freq_scale, yarn_ext_factor=yarn_ext_factor, yarn_attn_factor=yarn_attn_factor,
+            yarn_beta_fast=yarn_beta_fast, yarn_beta_slow=yarn_beta_slow, yarn_orig_ctx=yarn_orig_ctx,
+            embeddings=embedding, offload_kqv=offload_kqv, no_perf=no_perf)
+        if op_offload is not None:
+            context_options["op_offload"] = op_offload
+        if swa_full is not None:
+            context_options["swa_full"] = swa_full
+        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                                   n_threads=threads, n_threads_batch=n_threads_batch or threads,
                                   flash_attn=self.kv_cache.flash_attn, type_k=self.kv_cache.type_k,
-                                  type_v=self.kv_cache.type_v)
+                                  type_v=self.kv_cache.type_v, options=context_options)
         self.input_ids = np.zeros(self._ctx.n_ctx, dtype=np.int32)
         # Every evaluated position's logits when logits_all (as llama-cpp-python), else the last only.
         self.scores = np.zeros((self._ctx.n_ctx if logits_all else 1, self._model.n_vocab), dtype=np.float32)
@@ -146,6 +217,10 @@ class Llama:
     def n_embd(self) -> int:
         return self.model.n_embd
 
+    def pooling_type(self) -> int:
+        """The context's pooling type (llama.h's enum: -1 unspecified, 0 none, 1 mean, 2 cls, 3 last, 4 rank)."""
+        return self.ctx.pooling_type
+
     def token_bos(self) -> int:
         return self.model.token_bos
 
@@ -173,9 +248,12 @@ class Llama:
             raise TypeError(f"text must be bytes or str, not {type(text).__name__}")
         return self.model.tokenize(bytes(text), add_bos, special)
 
-    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
-        """Token ids to the bytes they stand for (special tokens rendered only if `special`)."""
-        return self.model.detokenize([int(t) for t in tokens], False, special)
+    def detokenize(self, tokens: Sequence[int], prev_tokens: Optional[Sequence[int]] = None,
+                   special: bool = False) -> bytes:
+        """Token ids to the bytes they stand for (special tokens rendered only if `special`).
+        With `prev_tokens`, the bytes `tokens` add after them (llama-cpp-python's offset mapping)."""
+        return compat.detokenize_after(lambda t, sp: self.model.detokenize([int(x) for x in t], False, sp),
+                                       tokens, prev_tokens, special)
 
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         return self.model.token_to_piece(int(token), special)
@@ -188,6 +266,12 @@ class Llama:
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Append `tokens` to the context and compute their logits (`scores`)."""
+        for _ in self._eval_chunks(tokens, self.logits_all):
+            pass
+
+    def _eval_chunks(self, tokens: Sequence[int], all_logits: bool) -> Iterator[tuple[int, np.ndarray]]:
+        """eval() batch by batch, yielding (first position, logits rows) of each batch: every
+        token's row when `all_logits`, else the last token's."""
         tokens = [int(t) for t in tokens]
         n_ctx = self.ctx.n_ctx
         if self.n_tokens + len(tokens) > n_ctx:
@@ -199,13 +283,16 @@ class Llama:
             for start in range(0, len(tokens), n_batch):
                 chunk = tokens[start:start + n_batch]
                 pos = self.n_tokens
-                self.ctx.decode(chunk, pos, self.logits_all)
+                self.ctx.decode(chunk, pos, self.logits_all or all_logits)
                 if self.logits_all:
-                    self.ctx.logits(out=self.scores[pos:pos + len(chunk)])
+                    rows = self.scores[pos:pos + len(chunk)]
+                    self.ctx.logits(out=rows)
                 else:
-                    self.scores[0] = self.ctx.logits()[-1]
+                    rows = self.ctx.logits()
+                    self.scores[0] = rows[-1]
                 self.input_ids[pos:pos + len(chunk)] = chunk
                 self.n_tokens = pos + len(chunk)
+                yield pos, rows if all_logits else rows[-1:]
         except BaseException:
             # A failed or interrupted decode may leave part of a batch in the KV cache: drop
             # everything past what we recorded, so the next call starts from a consistent state.
@@ -236,41 +323,112 @@ class Llama:
         self._forget_after(common)
         return tokens[self.n_tokens:]
 
+    def _sampler_for(self, *, top_k, top_p, min_p, typical_p, temp, repeat_penalty, frequency_penalty,
+                     presence_penalty, tfs_z, mirostat_mode, mirostat_tau, mirostat_eta, penalize_nl,
+                     seed=None, repeat_last_n=None):
+        """A sampler chain for llama-cpp-python's sampling arguments (those llama.cpp dropped warn)."""
+        compat.ignored_sampling_args(tfs_z=tfs_z, penalize_nl=penalize_nl, stacklevel=4)
+        last_n = self.last_n_tokens_size if repeat_last_n is None else repeat_last_n
+        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                                repeat_penalty=repeat_penalty, repeat_last_n=last_n,
+                                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                                mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+                                mirostat_eta=mirostat_eta, seed=seed)
+        if params.repeat_last_n > self.n_ctx():
+            params = dataclasses.replace(params, repeat_last_n=self.n_ctx())
+        return params, build_sampler(self.model, params, resolve_seed(seed, self.seed))
+
+    def sample(
+        self,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_eta: float = 0.1,
+        mirostat_tau: float = 5.0,
+        penalize_nl: bool = True,
+        logits_processor: Any = None,
+        grammar: Any = None,
+        idx: Optional[int] = None,
+    ) -> int:
+        """One token from the logits after the last evaluated token, or (with logits_all) after
+        position `idx` of the last eval() batch. Penalties see the last `last_n_tokens_size`
+        evaluated tokens."""
+        if self.n_tokens == 0:
+            raise RuntimeError("sample() needs evaluated tokens: call eval() first")
+        compat.pending_feature_args({name: "structured output / logits processors" for name, value in
+                                     (("logits_processor", logits_processor), ("grammar", grammar))
+                                     if value is not None})
+        params, sampler = self._sampler_for(
+            top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, tfs_z=tfs_z,
+            mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            penalize_nl=penalize_nl)
+        upto = self.n_tokens if idx is None else idx + 1
+        if params.penalized:
+            for t in self.input_ids[max(0, upto - params.repeat_last_n):upto]:
+                sampler.accept(int(t))
+        return sampler.sample(self.ctx, -1 if idx is None else idx - self.n_tokens)
+
     def generate(
         self,
         tokens: Sequence[int],
         top_k: int = 40,
         top_p: float = 0.95,
         min_p: float = 0.05,
+        typical_p: float = 1.0,
         temp: float = 0.80,
         repeat_penalty: float = 1.0,
         reset: bool = True,
         frequency_penalty: float = 0.0,
         presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        penalize_nl: bool = True,
+        logits_processor: Any = None,
+        stopping_criteria: Any = None,
+        grammar: Any = None,
+        # pybonsai's own
         seed: Optional[int] = None,
-        repeat_last_n: int = 64,
-    ) -> Iterator[int]:
-        """Evaluate `tokens`, then yield sampled token ids forever (the caller stops).
+        repeat_last_n: Optional[int] = None,
+    ) -> Generator[int, Optional[Sequence[int]], None]:
+        """Evaluate `tokens`, then yield sampled token ids forever (the caller stops). Tokens
+        passed to the generator's send() are evaluated after the sampled one, as in llama-cpp-python.
 
-        With reset=True the context keeps only the prefix it shares with `tokens`."""
-        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                seed=seed)
+        With reset=True the context keeps only the prefix it shares with `tokens`. Penalties see
+        the last `repeat_last_n` (default: Llama(last_n_tokens_size=)) tokens."""
+        compat.pending_feature_args({name: "structured output / logits processors" for name, value in
+                                     (("logits_processor", logits_processor), ("stopping_criteria", stopping_criteria),
+                                      ("grammar", grammar)) if value is not None})
+        params, sampler = self._sampler_for(
+            top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, tfs_z=tfs_z,
+            mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            penalize_nl=penalize_nl, seed=seed, repeat_last_n=repeat_last_n)
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("generate() needs at least one token")
-        if repeat_last_n > self.n_ctx():
-            params = dataclasses.replace(params, repeat_last_n=self.n_ctx())
-        sampler = build_sampler(self.model, params, resolve_seed(seed, self.seed))
         history = list(self.input_ids[:self.n_tokens]) if not reset else []
         prime_penalties(sampler, params, history + tokens)
         pending = self._reuse_prefix(tokens) if reset else tokens
         while True:
             self.eval(pending)
             token = sampler.sample(self.ctx, -1)
-            yield token
+            sent = yield token
             pending = [token]
+            if sent is not None:
+                pending += [int(t) for t in sent]
+                if params.penalized:
+                    for t in sent:
+                        sampler.accept(int(t))
 
     # -- saved state and the prompt cache ---------------------------------------------------
     def save_state(self) -> state.LlamaState:
@@ -299,12 +457,11 @@ class Llama:
         return longest_token_prefix(a, b)
 
     # -- completions ----------------------------------------------------------------------
-    def create_completion(self, prompt: Union[str, Sequence[int]], **kwargs: Any):
-        """OpenAI-shaped text completion (a dict, or an iterator of chunks with stream=True)."""
-        return completions.create_completion(self, prompt, **kwargs)
+    # llama-cpp-python's signatures (positional order and defaults); see pybonsai.completions.
+    create_completion = completions.create_completion
+    __call__ = completions.create_completion
+    create_chat_completion = completions.create_chat_completion
 
-    __call__ = create_completion
-
-    def create_chat_completion(self, messages: Sequence[dict], **kwargs: Any):
-        """OpenAI-shaped chat completion through the model's chat template."""
-        return completions.create_chat_completion(self, messages, **kwargs)
+    # -- embeddings (Llama(..., embedding=True)) ------------------------------------------
+    embed = embeddings.embed
+    create_embedding = embeddings.create_embedding

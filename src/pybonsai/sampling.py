@@ -10,6 +10,11 @@ from . import _core
 
 DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: "pick a random seed"
 
+# Below this a positive temperature cannot change the pick (the runner-up's probability,
+# exp(-gap / T), underflows to 0 for any logit gap above 1e-18) while logit / T can overflow
+# float32 (|logit| > 3.4e38 * T) and turn the draw into NaN/random: such temperatures are greedy.
+GREEDY_BELOW = 1e-20
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -24,17 +29,24 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: Optional[int] = None
+    typical_p: float = 1.0
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
 
     def __post_init__(self) -> None:
         def finite(name: str, v: float) -> None:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
 
-        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty"):
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty",
+                     "typical_p", "mirostat_tau", "mirostat_eta"):
             finite(name, getattr(self, name))
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        for name in ("top_p", "min_p"):
+        if self.mirostat_mode not in (0, 1, 2):
+            raise ValueError(f"mirostat_mode must be 0 (off), 1 or 2, got {self.mirostat_mode!r}")
+        if self.mirostat_tau < 0 or self.mirostat_eta < 0:
+            raise ValueError(f"mirostat_tau and mirostat_eta must be >= 0, got {self.mirostat_tau}, {self.mirostat_eta}")
+        for name in ("top_p", "min_p", "typical_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
@@ -48,7 +60,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return 0 <= self.temperature < GREEDY_BELOW
 
     @property
     def penalized(self) -> bool:
@@ -67,7 +79,9 @@ def resolve_seed(call_seed: Optional[int], model_seed: int) -> int:
 
 
 def build_sampler(model: "_core.Model", params: SamplingParams, seed: int) -> "_core.Sampler":
-    """Penalties, then greedy or top-k -> top-p -> min-p -> temperature -> seeded draw."""
+    """Penalties, then (as llama-cpp-python) greedy for temperature 0, a plain draw from the
+    whole distribution for a negative temperature, mirostat 1/2 if asked, else
+    top-k -> typical -> top-p -> min-p -> temperature -> seeded draw."""
     chain = _core.Sampler()
     if params.penalized:
         chain.add_penalties(model, params.repeat_last_n, params.repeat_penalty,
@@ -75,8 +89,19 @@ def build_sampler(model: "_core.Model", params: SamplingParams, seed: int) -> "_
     if params.greedy:
         chain.add_greedy()
         return chain
+    if params.temperature < 0:
+        chain.add_dist(seed)
+        return chain
+    if params.mirostat_mode == 1:
+        chain.add_mirostat(model, seed, params.mirostat_tau, params.mirostat_eta, 100)
+        return chain
+    if params.mirostat_mode == 2:
+        chain.add_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta)
+        return chain
     if params.top_k > 0:
         chain.add_top_k(params.top_k)
+    if params.typical_p < 1.0:
+        chain.add_typical(params.typical_p, 1)
     if params.top_p < 1.0:
         chain.add_top_p(params.top_p, 1)
     if params.min_p > 0.0:

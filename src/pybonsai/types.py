@@ -13,7 +13,8 @@ __all__ = [
     "FinishReason", "CompletionLogprobs", "CompletionChoice", "CompletionUsage", "Completion",
     "CompletionChunk", "ChatCompletionFunctionCall", "ChatCompletionMessageToolCall",
     "ChatCompletionMessage", "ChatCompletionChoice", "ChatCompletion", "ChatCompletionChunkDelta",
-    "ChatCompletionChunkChoice", "ChatCompletionChunk", "ChatMessage", "new_id", "now",
+    "ChatCompletionChunkChoice", "ChatCompletionChunk", "ChatMessage", "EmbeddingUsage", "Embedding",
+    "CreateEmbeddingResponse", "new_id", "now",
 ]
 
 FinishReason = Literal["stop", "length"]
@@ -57,6 +58,28 @@ class Completion(CompletionChunk):
     """create_completion()'s result."""
 
     usage: CompletionUsage
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+class EmbeddingUsage(TypedDict):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embedding(TypedDict):
+    index: int
+    object: str
+    embedding: Union[List[float], List[List[float]]]  # one vector, or one per token (pooling NONE)
+
+
+class CreateEmbeddingResponse(TypedDict):
+    """create_embedding()'s result."""
+
+    object: Literal["list"]
+    model: str
+    data: List[Embedding]
+    usage: EmbeddingUsage
 
 
 # -- chat completions --------------------------------------------------------------------------

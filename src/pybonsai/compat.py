@@ -1,0 +1,126 @@
+"""llama-cpp-python's parameters that pybonsai accepts for compatibility but cannot (or does not
+yet) honour. Every such parameter is accepted and reported once per call site through Python's
+warnings module (an `UnsupportedParameterWarning` naming the parameter and the reason), never
+silently dropped and never a TypeError.
+
+Also: kv_overrides validation and llama-cpp-python's detokenize(prev_tokens=) offset mapping."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+__all__ = ["UnsupportedParameterWarning", "warn_unsupported", "check_kv_overrides", "ignored_llama_args",
+           "ignored_sampling_args", "pending_feature_args"]
+
+
+class UnsupportedParameterWarning(UserWarning):
+    """A llama-cpp-python parameter was given that pybonsai accepts but cannot apply."""
+
+
+def warn_unsupported(name: str, reason: str, stacklevel: int = 3) -> None:
+    """Warn that parameter `name` has no effect, and why. Python shows a given warning once per
+    call site by default ("warn once"); with warnings as errors it raises."""
+    warnings.warn(f"{name}: {reason}", UnsupportedParameterWarning, stacklevel=stacklevel + 1)
+
+
+def _warn_each(found: Mapping[str, str], stacklevel: int) -> None:
+    for name, reason in found.items():
+        warn_unsupported(name, reason, stacklevel=stacklevel + 1)
+
+
+# -- Llama(...) --------------------------------------------------------------------------------
+
+_CHAT_FORMATS_WE_RENDER = (None, "chat_template.default")
+
+
+def ignored_llama_args(*, numa: Union[bool, int], lora_base: Optional[str], lora_path: Optional[str],
+                       lora_scale: float, chat_format: Optional[str], chat_handler: Any, draft_model: Any,
+                       tokenizer: Any, spm_infill: bool, extra: Mapping[str, Any], stacklevel: int = 2) -> None:
+    """Warn for each Llama() argument given with a value pybonsai cannot apply."""
+    found: Dict[str, str] = {}
+    if numa not in (False, 0):
+        found["numa"] = "NUMA placement is not implemented in pybonsai; the OS places threads and memory"
+    if lora_path is not None or lora_base is not None:
+        found["lora_path" if lora_path is not None else "lora_base"] = (
+            "LoRA adapters are not supported by pybonsai yet; the base model runs without the adapter")
+    elif lora_scale != 1.0:
+        found["lora_scale"] = "no LoRA adapter is loaded (LoRA is not supported by pybonsai yet)"
+    if chat_format not in _CHAT_FORMATS_WE_RENDER:
+        found["chat_format"] = (f"pybonsai renders the GGUF's own chat template (or Llama(chat_template=...)); "
+                                f"the named format {chat_format!r} is not used")
+    if chat_handler is not None:
+        found["chat_handler"] = ("llama-cpp-python chat handlers drive its internals and cannot run here; "
+                                 "the GGUF's chat template is used")
+    if draft_model is not None:
+        found["draft_model"] = "speculative decoding is not implemented in pybonsai; generation runs without a draft"
+    if tokenizer is not None:
+        found["tokenizer"] = "pybonsai always uses the GGUF's own tokenizer (llama.cpp's)"
+    if spm_infill:
+        found["spm_infill"] = "infill (fill-in-the-middle) prompts are not built by pybonsai; suffix= is appended text"
+    for name in extra:
+        found[name] = "not a parameter of llama-cpp-python's Llama or of pybonsai's; ignored"
+    _warn_each(found, stacklevel)
+
+
+def pending_feature_args(found: Mapping[str, Any], stacklevel: int = 2) -> None:
+    """Warn for arguments whose feature another part of pybonsai implements but which has not
+    landed in this build (each value is the owning feature's name)."""
+    _warn_each({name: f"not implemented yet in this pybonsai build ({feature}); ignored"
+                for name, feature in found.items()}, stacklevel)
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+def ignored_sampling_args(*, tfs_z: float = 1.0, penalize_nl: bool = True, stacklevel: int = 2) -> None:
+    """Sampling knobs that llama.cpp itself removed (llama-cpp-python accepts and ignores them too)."""
+    found: Dict[str, str] = {}
+    if tfs_z != 1.0:
+        found["tfs_z"] = "tail-free sampling was removed from llama.cpp (llama-cpp-python ignores it too)"
+    if not penalize_nl:
+        found["penalize_nl"] = ("llama.cpp removed this switch: newlines are penalized like any other token "
+                                "(llama-cpp-python ignores it too)")
+    _warn_each(found, stacklevel)
+
+
+# -- model loading -----------------------------------------------------------------------------
+
+_KV_STR_MAX = 127  # llama_model_kv_override.val_str is char[128], NUL included
+
+
+def check_kv_overrides(kv_overrides: Optional[Mapping[str, Union[bool, int, float, str]]]
+                       ) -> list[tuple[str, Union[bool, int, float, str]]]:
+    """Validate llama-cpp-python's kv_overrides dict (GGUF key -> bool/int/float/str) into a
+    list of pairs for the loader; raise naming the bad entry."""
+    if kv_overrides is None:
+        return []
+    if not isinstance(kv_overrides, Mapping):
+        raise TypeError(f"kv_overrides must be a dict of GGUF key -> bool/int/float/str, got {type(kv_overrides).__name__}")
+    out = []
+    for key, value in kv_overrides.items():
+        if not isinstance(key, str) or not key or len(key.encode("utf-8")) > 127:
+            raise ValueError(f"kv_overrides: key {key!r} must be a non-empty str of at most 127 bytes")
+        if isinstance(value, str):
+            if len(value.encode("utf-8")) > _KV_STR_MAX:
+                raise ValueError(f"kv_overrides: value for {key!r} is longer than {_KV_STR_MAX} bytes")
+        elif isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            if not -2**63 <= value < 2**63:
+                raise ValueError(f"kv_overrides: value for {key!r} does not fit in int64")
+        elif not isinstance(value, float):
+            raise ValueError(f"kv_overrides: value for {key!r} must be bool, int, float or str, got {value!r}")
+        out.append((key, value))
+    return out
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+def detokenize_after(detokenize, tokens: Sequence[int], prev_tokens: Optional[Sequence[int]],
+                     special: bool) -> bytes:
+    """The bytes `tokens` add after `prev_tokens` (llama-cpp-python's prev_tokens offset mapping),
+    so that tokenizers which change a piece by context (a leading space) stay consistent."""
+    if not prev_tokens:
+        return detokenize(list(tokens), special)
+    before = detokenize(list(prev_tokens), special)
+    whole = detokenize(list(prev_tokens) + list(tokens), special)
+    return whole[len(before):] if whole.startswith(before) else detokenize(list(tokens), special)
