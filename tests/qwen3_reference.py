@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["forward", "q8_0_roundtrip", "flip_bit_order", "rms_norm", "rope"]
+__all__ = ["forward", "hidden_states", "q8_0_roundtrip", "flip_bit_order", "rms_norm", "rope"]
 
 # Rows of a weight matrix converted to float64 at a time (bounds the LM-head temporaries).
 _ROW_CHUNK = 16384
@@ -115,6 +115,15 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
 def forward(weights: Mapping[str, Any], tokens: Sequence[int], *, q8_activations: bool = False,
             f16_attention: bool = False, rope_style: str = "neox") -> np.ndarray:
     """Logits (n_tokens, n_vocab), float64, for tokens at positions 0..n-1."""
+    h = hidden_states(weights, tokens, q8_activations=q8_activations, f16_attention=f16_attention,
+                      rope_style=rope_style)
+    return _linear(h, weights["output.weight"], q8_activations)
+
+
+def hidden_states(weights: Mapping[str, Any], tokens: Sequence[int], *, q8_activations: bool = False,
+                  f16_attention: bool = False, rope_style: str = "neox") -> np.ndarray:
+    """The final hidden states after the output norm (what the LM head reads, and what
+    llama.cpp returns as embeddings), (n_tokens, n_embd), float64."""
     hp = weights["hparams"]
     n_head, n_head_kv, hd = hp["n_head"], hp["n_head_kv"], hp["head_dim"]
     eps, theta = float(hp["rms_eps"]), float(hp["rope_theta"])
@@ -143,5 +152,4 @@ def forward(weights: Mapping[str, Any], tokens: Sequence[int], *, q8_activations
         up = _linear(h, w["ffn_up.weight"], q8)
         x = x + _linear(_silu(gate) * up, w["ffn_down.weight"], q8)
 
-    h = rms_norm(x, weights["output_norm.weight"], eps)
-    return _linear(h, weights["output.weight"], q8)
+    return rms_norm(x, weights["output_norm.weight"], eps)

@@ -64,7 +64,7 @@ def llm(tiny_model_path):
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(numa=True), "numa"), (dict(lora_path="adapter.gguf"), "lora_path"), (dict(lora_base="base.gguf"), "lora_base"),
+    (dict(lora_path="adapter.gguf"), "lora_path"), (dict(lora_base="base.gguf"), "lora_base"),
     (dict(lora_scale=0.5), "lora_scale"), (dict(chat_format="llama-2"), "chat_format"),
     (dict(chat_handler=object()), "chat_handler"), (dict(draft_model=object()), "draft_model"),
     (dict(tokenizer=object()), "tokenizer"), (dict(spm_infill=True), "spm_infill"),
@@ -75,6 +75,15 @@ def test_inapplicable_init_arguments_warn_naming_the_parameter(tiny_model_path, 
         with Llama(tiny_model_path, n_ctx=64, **kwargs) as model:
             assert model.create_completion("Hi", max_tokens=2, temperature=0)["choices"][0]["text"] is not None
     assert len(record) == 1
+
+
+def test_numa_is_initialized_once(tiny_model_path):
+    with Llama(tiny_model_path, n_ctx=64, numa=True) as model:      # distribute; harmless on one node
+        assert model("Hi", max_tokens=2, temperature=0)["usage"]["completion_tokens"] <= 2
+    with pytest.warns(UnsupportedParameterWarning, match="^numa: NUMA strategy 1 is already set"):
+        Llama(tiny_model_path, n_ctx=64, numa=2).close()
+    with pytest.raises(ValueError, match="numa"):
+        Llama(tiny_model_path, n_ctx=64, numa=9)
 
 
 def test_chat_format_naming_the_gguf_template_is_silent(tiny_model_path):

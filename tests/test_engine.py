@@ -109,7 +109,7 @@ def test_bad_requests_raise_and_queue_bound(tiny_model_path):
         with pytest.raises(ValueError, match="exceed context window of 256"):
             e.completion_job(" ".join(["word"] * 400))
         with pytest.raises(ValueError, match="temperature"):
-            e.submit(e.completion_job("hi", temperature=-1.0))
+            e.submit(e.completion_job("hi", temperature=float("nan")))
         running = e.submit(e.completion_job("hi", max_tokens=200, temperature=0))
         next(running.steps())
         waiting = e.submit(e.completion_job("hi", max_tokens=2))

@@ -2,6 +2,7 @@
 #include "core.h"
 
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "llama.h"
 
 #include <pybind11/stl.h>
@@ -66,6 +67,13 @@ void init_backend(py::module_ & m) {
     m.def("system_info", [] { return std::string(llama_print_system_info()); });
     m.def("supports_gpu_offload", &llama_supports_gpu_offload);
     m.def("supports_mmap", &llama_supports_mmap);
+    m.def("numa_init", [](int strategy) {
+        if (strategy < GGML_NUMA_STRATEGY_DISABLED || strategy >= GGML_NUMA_STRATEGY_COUNT) {
+            throw py::value_error("numa strategy must be in [0, " + std::to_string((int) GGML_NUMA_STRATEGY_COUNT) + ")");
+        }
+        if (!ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)) throw LlamaError("no CPU backend is loaded");
+        llama_numa_init((enum ggml_numa_strategy) strategy);
+    }, py::arg("strategy"), "llama_numa_init: 1 distribute, 2 isolate, 3 numactl, 4 mirror (once per process).");
 }
 
 }  // namespace pybonsai

@@ -13,6 +13,17 @@ __all__ = ["UnsupportedParameterWarning", "warn_unsupported", "check_kv_override
            "ignored_sampling_args", "pending_feature_args"]
 
 
+# llama.h's enums under llama-cpp-python's names (llama_cpp.LLAMA_POOLING_TYPE_MEAN, ...).
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+(LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_MEAN, LLAMA_POOLING_TYPE_CLS,
+ LLAMA_POOLING_TYPE_LAST, LLAMA_POOLING_TYPE_RANK) = (-1, 0, 1, 2, 3, 4)
+(LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED, LLAMA_ROPE_SCALING_TYPE_NONE, LLAMA_ROPE_SCALING_TYPE_LINEAR,
+ LLAMA_ROPE_SCALING_TYPE_YARN, LLAMA_ROPE_SCALING_TYPE_LONGROPE) = (-1, 0, 1, 2, 3)
+LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_ATTENTION_TYPE_CAUSAL, LLAMA_ATTENTION_TYPE_NON_CAUSAL = -1, 0, 1
+LLAMA_SPLIT_MODE_NONE, LLAMA_SPLIT_MODE_LAYER, LLAMA_SPLIT_MODE_ROW = 0, 1, 2
+CONSTANTS = [name for name in dir() if name.startswith("LLAMA_")]
+
+
 class UnsupportedParameterWarning(UserWarning):
     """A llama-cpp-python parameter was given that pybonsai accepts but cannot apply."""
 
@@ -33,13 +44,11 @@ def _warn_each(found: Mapping[str, str], stacklevel: int) -> None:
 _CHAT_FORMATS_WE_RENDER = (None, "chat_template.default")
 
 
-def ignored_llama_args(*, numa: Union[bool, int], lora_base: Optional[str], lora_path: Optional[str],
+def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str],
                        lora_scale: float, chat_format: Optional[str], chat_handler: Any, draft_model: Any,
                        tokenizer: Any, spm_infill: bool, extra: Mapping[str, Any], stacklevel: int = 2) -> None:
     """Warn for each Llama() argument given with a value pybonsai cannot apply."""
     found: Dict[str, str] = {}
-    if numa not in (False, 0):
-        found["numa"] = "NUMA placement is not implemented in pybonsai; the OS places threads and memory"
     if lora_path is not None or lora_base is not None:
         found["lora_path" if lora_path is not None else "lora_base"] = (
             "LoRA adapters are not supported by pybonsai yet; the base model runs without the adapter")
@@ -67,6 +76,32 @@ def pending_feature_args(found: Mapping[str, Any], stacklevel: int = 2) -> None:
     landed in this build (each value is the owning feature's name)."""
     _warn_each({name: f"not implemented yet in this pybonsai build ({feature}); ignored"
                 for name, feature in found.items()}, stacklevel)
+
+
+_numa_strategy: Optional[int] = None
+
+
+def init_numa(numa: Union[bool, int]) -> None:
+    """Llama(numa=...): True = distribute, or a ggml_numa_strategy (1 distribute, 2 isolate,
+    3 numactl, 4 mirror). llama.cpp applies it once per process; a different later choice warns."""
+    global _numa_strategy
+    if isinstance(numa, bool) or numa is None:
+        strategy = 1 if numa else 0
+    elif isinstance(numa, int):
+        strategy = numa
+    else:
+        raise TypeError(f"numa must be a bool or an int strategy, got {numa!r}")
+    if not 0 <= strategy <= 4:
+        raise ValueError(f"numa must be True/False or a strategy in 0..4, got {numa!r}")
+    if strategy == 0:
+        return
+    from . import _core
+    if _numa_strategy is None:
+        _core.numa_init(strategy)
+        _numa_strategy = strategy
+    elif strategy != _numa_strategy:
+        warn_unsupported("numa", f"NUMA strategy {_numa_strategy} is already set for this process; "
+                                 f"{strategy} is not applied", stacklevel=4)
 
 
 # -- sampling ----------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ class _Step:
 
 
 class _Offsets:
-    """Character offsets of tokens in decoded text: a token starts where the text decoded from
-    every byte before it ends (an incomplete UTF-8 tail is not counted), so a character split
-    across tokens never shifts later offsets."""
+    """Character offsets of tokens in the decoded text (invalid UTF-8 -> U+FFFD), computed from
+    the decoded prefix: a token starts after every character completed by the bytes before it.
+    A token that completes a character split across tokens starts at that character; an
+    incomplete tail that the token does not continue has become a U+FFFD before it."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -55,6 +56,10 @@ class _Offsets:
     def push(self, piece: bytes) -> int:
         """The offset of the token whose bytes are `piece`; then account for them."""
         start = self.chars
+        tail = self._decoder.getstate()[0]
+        if tail and piece and codecs.getincrementaldecoder("utf-8")(errors="replace").decode(
+                tail + piece[:1]).startswith("\ufffd"):
+            start += 1  # the dangling tail is a U+FFFD of its own
         self.chars += len(self._decoder.decode(piece))
         return start
 

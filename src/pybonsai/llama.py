@@ -117,7 +117,7 @@ class Llama:
         self.last_n_tokens_size = last_n_tokens_size
         self.lora_base, self.lora_path, self.lora_scale = lora_base, lora_path, lora_scale
         self.chat_format, self.chat_handler, self.draft_model = chat_format, chat_handler, draft_model
-        compat.ignored_llama_args(numa=numa, lora_base=lora_base, lora_path=lora_path, lora_scale=lora_scale,
+        compat.ignored_llama_args(lora_base=lora_base, lora_path=lora_path, lora_scale=lora_scale,
                                   chat_format=chat_format, chat_handler=chat_handler, draft_model=draft_model,
                                   tokenizer=tokenizer, spm_infill=spm_infill, extra=kwargs, stacklevel=3)
         model_options: dict[str, Any] = {"split_mode": split_mode, "main_gpu": main_gpu,
@@ -126,6 +126,7 @@ class Llama:
             model_options["tensor_split"] = [float(x) for x in tensor_split]
         _core.set_verbose(verbose)
         backends.ensure_loaded()
+        compat.init_numa(numa)
         n_gpu_layers = gpu.resolve_n_gpu_layers(n_gpu_layers)  # the rule: README, GPU offload
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only,
                                   use_mmap=use_mmap, use_mlock=use_mlock, progress=progress_callback,
@@ -371,9 +372,7 @@ class Llama:
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             penalize_nl=penalize_nl)
         upto = self.n_tokens if idx is None else idx + 1
-        if params.penalized:
-            for t in self.input_ids[max(0, upto - params.repeat_last_n):upto]:
-                sampler.accept(int(t))
+        prime_penalties(sampler, params, [int(t) for t in self.input_ids[:upto]])
         return sampler.sample(self.ctx, -1 if idx is None else idx - self.n_tokens)
 
     def generate(
@@ -426,9 +425,7 @@ class Llama:
             pending = [token]
             if sent is not None:
                 pending += [int(t) for t in sent]
-                if params.penalized:
-                    for t in sent:
-                        sampler.accept(int(t))
+                prime_penalties(sampler, params, pending[1:])
 
     # -- saved state and the prompt cache ---------------------------------------------------
     def save_state(self) -> state.LlamaState:
