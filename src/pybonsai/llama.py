@@ -371,6 +371,11 @@ class Llama:
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, tfs_z=tfs_z,
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             penalize_nl=penalize_nl)
+        if idx is None and self.ctx.n_outputs == 0:
+            # No live logits (a restored state): evaluate the last token again to get them.
+            last = int(self.input_ids[self.n_tokens - 1])
+            self._forget_after(self.n_tokens - 1)
+            self.eval([last])
         upto = self.n_tokens if idx is None else idx + 1
         prime_penalties(sampler, params, [int(t) for t in self.input_ids[:upto]])
         return sampler.sample(self.ctx, -1 if idx is None else idx - self.n_tokens)

@@ -100,14 +100,19 @@ def check_embedding_response(out: dict, n: int) -> None:
 HELPERS = {name: obj for name, obj in globals().items() if name.startswith("check_")}
 
 
-def run_snippet(path: Path, model_path: str) -> list[warnings.WarningMessage]:
-    """Execute one snippet (imports rewritten); return the warnings it raised. Exceptions propagate."""
+def run_snippet(path: Path, model_path: str, caught: Optional[list] = None) -> list[warnings.WarningMessage]:
+    """Execute one snippet (imports rewritten); return the warnings it raised (also collected
+    into `caught` as they come, so that they survive an exception, which propagates)."""
     code = compile(rewrite_imports(path.read_text("utf-8")), str(path), "exec")
     namespace = {"__name__": "__snippet__", "MODEL_PATH": model_path, "print": lambda *a, **k: None, **HELPERS}
-    with warnings.catch_warnings(record=True) as caught:
+    caught = [] if caught is None else caught
+    with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
-        exec(code, namespace)
-    return list(caught)
+        try:
+            exec(code, namespace)
+        finally:
+            caught.extend(recorded)
+    return caught
 
 
 def pending_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -117,11 +122,14 @@ def pending_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 def classify(path: Path, model_path: str) -> tuple[bool, str]:
     """(runs unchanged?, note)."""
+    caught: list = []
     try:
-        caught = run_snippet(path, model_path)
+        run_snippet(path, model_path, caught)
     except BaseException as exc:  # noqa: BLE001 - a report of every failure is the point
         last = traceback.extract_tb(exc.__traceback__)[-1]
-        return False, f"{type(exc).__name__}: {exc} (line {last.lineno})"
+        pending = pending_warnings(caught)
+        return False, ("accepted but not applied: " + "; ".join(pending) + "; then " if pending else "") + \
+            f"{type(exc).__name__}: {exc} (line {last.lineno})"
     pending = pending_warnings(caught)
     if pending:
         return False, "accepted but not applied: " + "; ".join(pending)
