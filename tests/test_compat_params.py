@@ -64,7 +64,7 @@ def llm(tiny_model_path):
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(lora_path="adapter.gguf"), "lora_path"), (dict(lora_base="base.gguf"), "lora_base"),
+    (dict(lora_base="base.gguf"), "lora_base"),
     (dict(lora_scale=0.5), "lora_scale"), (dict(chat_format="llama-2"), "chat_format"),
     (dict(chat_handler=object()), "chat_handler"), (dict(draft_model=object()), "draft_model"),
     (dict(tokenizer=object()), "tokenizer"), (dict(spm_infill=True), "spm_infill"),

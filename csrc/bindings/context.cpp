@@ -279,6 +279,24 @@ public:
         return dst;
     }
 
+    // Load a LoRA adapter (GGUF) for this context's model and apply it with `scale`. The model
+    // owns the adapter: llama.cpp frees it with the model.
+    void set_lora(const std::string & path, float scale) {
+        llama_adapter_lora * adapter;
+        take_log();
+        {
+            py::gil_scoped_release release;
+            adapter = llama_adapter_lora_init(model_.get(), path.c_str());
+        }
+        if (!adapter) throw LlamaError(with_log("failed to load the LoRA adapter '" + path + "'"));
+        locked([&](llama_context * ctx) {
+            if (llama_set_adapters_lora(ctx, &adapter, 1, &scale) != 0) {
+                throw LlamaError(with_log("failed to apply the LoRA adapter '" + path + "'"));
+            }
+            return 0;
+        });
+    }
+
     int pooling_type() {
         return locked([](llama_context * ctx) { return (int) ::llama_pooling_type(ctx); });
     }
@@ -359,6 +377,8 @@ void init_context(py::module_ & m) {
              "The last decode's embeddings: the pooled vector of sequence 0 (1, n_embd), or every output "
              "token's (n_outputs, n_embd).")
         .def_property_readonly("pooling_type", &Context::pooling_type)
+        .def("set_lora", &Context::set_lora, py::arg("path"), py::arg("scale") = 1.0f,
+             "Load a LoRA adapter GGUF (llama_adapter_lora_init) and apply it with `scale`.")
         .def("memory_clear", &Context::memory_clear)
         .def("state_get", &Context::state_get, "llama_state_get_data: the KV cache and last logits as bytes.")
         .def("state_set", &Context::state_set, py::arg("data"),

@@ -49,11 +49,11 @@ def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str],
                        tokenizer: Any, spm_infill: bool, extra: Mapping[str, Any], stacklevel: int = 2) -> None:
     """Warn for each Llama() argument given with a value pybonsai cannot apply."""
     found: Dict[str, str] = {}
-    if lora_path is not None or lora_base is not None:
-        found["lora_path" if lora_path is not None else "lora_base"] = (
-            "LoRA adapters are not supported by pybonsai yet; the base model runs without the adapter")
-    elif lora_scale != 1.0:
-        found["lora_scale"] = "no LoRA adapter is loaded (LoRA is not supported by pybonsai yet)"
+    if lora_base is not None:
+        found["lora_base"] = ("llama.cpp applies adapters to the loaded model itself and no longer reads "
+                              "a separate base model")
+    if lora_path is None and lora_scale != 1.0:
+        found["lora_scale"] = "no LoRA adapter is loaded (lora_path is None)"
     if chat_format not in _CHAT_FORMATS_WE_RENDER:
         found["chat_format"] = (f"pybonsai renders the GGUF's own chat template (or Llama(chat_template=...)); "
                                 f"the named format {chat_format!r} is not used")

@@ -110,6 +110,7 @@ class Llama:
             raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
         self.kv_cache = kv_cache.resolve(type_k, type_v, flash_attn)  # before loading: fail fast
         self.model_path = str(check_gguf_path(model_path))
+        lora_file = str(check_gguf_path(lora_path)) if lora_path is not None else None
         self.verbose = verbose
         self.seed = seed
         self.logits_all = logits_all
@@ -158,6 +159,8 @@ class Llama:
                                   n_threads=threads, n_threads_batch=n_threads_batch or threads,
                                   flash_attn=self.kv_cache.flash_attn, type_k=self.kv_cache.type_k,
                                   type_v=self.kv_cache.type_v, options=context_options)
+        if lora_file is not None:
+            self._ctx.set_lora(lora_file, float(lora_scale))
         self.input_ids = np.zeros(self._ctx.n_ctx, dtype=np.int32)
         # Every evaluated position's logits when logits_all (as llama-cpp-python), else the last only.
         self.scores = np.zeros((self._ctx.n_ctx if logits_all else 1, self._model.n_vocab), dtype=np.float32)
