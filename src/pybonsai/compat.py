@@ -148,6 +148,21 @@ def check_kv_overrides(kv_overrides: Optional[Mapping[str, Union[bool, int, floa
     return out
 
 
+# -- OpenAI client types -----------------------------------------------------------------------
+
+def create_chat_completion_openai_v1(llm, *args: Any, **kwargs: Any):
+    """llama-cpp-python's create_chat_completion_openai_v1: create_chat_completion's result as the
+    openai package's pydantic models (ChatCompletion, or ChatCompletionChunks with stream=True)."""
+    try:
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    except ImportError as exc:
+        raise ImportError("create_chat_completion_openai_v1 needs the openai package: pip install openai") from exc
+    result = llm.create_chat_completion(*args, **kwargs)
+    if kwargs.get("stream", False):
+        return (ChatCompletionChunk(**chunk) for chunk in result)
+    return ChatCompletion(**result)
+
+
 # -- tokens ------------------------------------------------------------------------------------
 
 def detokenize_after(detokenize, tokens: Sequence[int], prev_tokens: Optional[Sequence[int]],

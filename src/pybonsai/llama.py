@@ -466,6 +466,7 @@ class Llama:
     create_completion = completions.create_completion
     __call__ = completions.create_completion
     create_chat_completion = completions.create_chat_completion
+    create_chat_completion_openai_v1 = compat.create_chat_completion_openai_v1
 
     # -- embeddings (Llama(..., embedding=True)) ------------------------------------------
     embed = embeddings.embed

@@ -21,7 +21,6 @@ NOT_YET = {
     "logits_processor": "LogitsProcessorList / StoppingCriteriaList (issue 13)",
     "gpu_offload_all": "n_gpu_layers=-1 on a CPU-only install (issue 9, CUDA)",
     "speculative_draft": "speculative decoding (llama_cpp.llama_speculative) is not implemented",
-    "openai_v1": "create_chat_completion_openai_v1 (pydantic models from the openai package) is not implemented",
 }
 SNIPPETS = sorted(p.stem for p in harness.SNIPPETS.glob("*.py"))
 

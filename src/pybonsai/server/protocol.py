@@ -78,6 +78,9 @@ def _typed(body: dict[str, Any], spec: dict[str, tuple]) -> dict[str, Any]:
         out[name] = value
     if out.get("n", 1) != 1:
         raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
+    if out.get("temperature", 0) < 0:  # OpenAI's range; the Python API allows < 0 (llama-cpp-python does)
+        raise APIError(400, f"temperature must be >= 0, got {out['temperature']}", param="temperature",
+                       code="invalid_value")
     return out
 
 
