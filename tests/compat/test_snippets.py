@@ -19,7 +19,6 @@ NOT_YET = {
     "function_calling": "tools / tool_choice (issue 13, structured output)",
     "grammar": "LlamaGrammar / grammar= (issue 13, structured output)",
     "logits_processor": "LogitsProcessorList / StoppingCriteriaList (issue 13)",
-    "gpu_offload_all": "n_gpu_layers=-1 on a CPU-only install (issue 9, CUDA)",
     "speculative_draft": "speculative decoding (llama_cpp.llama_speculative) is not implemented",
 }
 SNIPPETS = sorted(p.stem for p in harness.SNIPPETS.glob("*.py"))
