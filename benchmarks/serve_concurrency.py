@@ -4,8 +4,8 @@
     python benchmarks/serve_concurrency.py --model /path/bonsai-8b.gguf --threads 2 --reps 3 \
         [--lcp-python build/lcp-venv/bin/python] [--servers ours,llama-server,llama-cpp-python]
 
-Every client sends one streaming /v1/completions request: a 64-token prompt (token ids, distinct
-per client and run, so no server can reuse a cached prefix) and 64 greedy tokens. All servers stay
+Every client sends one streaming /v1/completions request: a 64-token text prompt (distinct per
+client and run, so no server can reuse a cached prefix) and 64 greedy tokens. All servers stay
 up for the whole run; the levels and servers alternate (rep → level → server) and each figure is
 the median over the repetitions. Reported per server and level: aggregate generated tokens/s
 (all clients' tokens / wall time of the level), p50/p95 time to first token, p50 inter-token
@@ -84,7 +84,8 @@ class Server:
         self.log.close()
 
 
-def make_prompts(model: Path, n: int, n_tokens: int, salt: int) -> list[list[int]]:
+def make_prompts(model: Path, n: int, n_tokens: int, salt: int) -> list[str]:
+    """Distinct text prompts of exactly n_tokens tokens (llama-cpp-python's server takes text only)."""
     from pybonsai import Llama
 
     with Llama(str(model), vocab_only=True) as vocab:
@@ -93,12 +94,13 @@ def make_prompts(model: Path, n: int, n_tokens: int, salt: int) -> list[list[int
             text = (f"Request {salt}-{i}. Write a long story about the river, the mountain and the city "
                     f"number {i * 7919 + salt}, with many details about people, weather and history. ") * 4
             tokens = vocab.tokenize(text.encode(), add_bos=False)[:n_tokens]
-            assert len(tokens) == n_tokens
-            out.append(tokens)
+            text = vocab.detokenize(tokens).decode()
+            assert len(vocab.tokenize(text.encode(), add_bos=False)) == n_tokens, text
+            out.append(text)
         return out
 
 
-async def one_request(http: httpx.AsyncClient, url: str, prompt: list[int], n_gen: int) -> dict:
+async def one_request(http: httpx.AsyncClient, url: str, prompt: str, n_gen: int) -> dict:
     body = {"model": "m", "prompt": prompt, "max_tokens": n_gen, "temperature": 0, "stream": True}
     t0 = time.perf_counter()
     stamps, finish = [], None
@@ -118,7 +120,7 @@ async def one_request(http: httpx.AsyncClient, url: str, prompt: list[int], n_ge
             "tokens": n_gen if finish == "length" else len(stamps), "t0": t0, "t_end": t_end}
 
 
-async def run_level(url: str, prompts: list[list[int]], n_gen: int) -> dict:
+async def run_level(url: str, prompts: list[str], n_gen: int) -> dict:
     async with httpx.AsyncClient(timeout=httpx.Timeout(1800.0)) as http:
         results = await asyncio.gather(*(one_request(http, url, p, n_gen) for p in prompts))
     wall = max(r["t_end"] for r in results) - min(r["t0"] for r in results)

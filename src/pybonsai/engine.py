@@ -218,6 +218,8 @@ class Engine:
         with self._wake:
             self._stop = True
             self._wake.notify()
+        if self._ctx is not None:
+            self._ctx.request_abort()  # a decode in progress stops early; its requests end
         self._thread.join()
         if self._ctx is not None:
             self._ctx.close()
