@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -152,6 +153,7 @@ def main() -> int:
     if not args.llama_server and {"llama-server", "llama-cpp-python"} & set(args.servers):
         args.llama_server = subprocess.run([str(ROOT / "benchmarks" / "build_upstream.sh"), "llama-server"],
                                            check=True, capture_output=True, text=True).stdout.strip()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers (finally) on SIGTERM too
     log_dir = ROOT / "build" / "serve-bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     # llama-cpp-python's Python package is installed from its 0.3.36 sdist without its native build
