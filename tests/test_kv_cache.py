@@ -105,3 +105,14 @@ def test_cli_switches(tiny_model_path):
     bad = _cli("run", "Hello", "-m", str(tiny_model_path), "-n", "4", "-ctv", "q4_0", "-fa", "off")
     assert bad.returncode == 1
     assert "requires flash_attn=True" in bad.stderr
+
+
+def test_engine_takes_the_same_switches(tiny_model_path, tmp_path):
+    from pybonsai import Engine
+
+    with pytest.raises(ValueError, match="requires flash_attn=True"):
+        Engine(str(tmp_path / "missing.gguf"), type_v="q8_0")
+    with Engine(str(tiny_model_path), n_parallel=2, n_ctx=512, n_threads=1, type_k="q8_0", type_v="q8_0",
+                flash_attn=True) as engine:
+        out = engine.create_completion("Hello", max_tokens=4, temperature=0)
+        assert out["usage"]["completion_tokens"] >= 1

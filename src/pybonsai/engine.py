@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
-from . import _core, completions
+from . import _core, completions, kv_cache
 from .completions import CompletionJob, TokenTextStream, _Step, _Usage
 from .llama import Llama, _default_threads
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
@@ -114,11 +114,12 @@ class Engine:
                  n_batch: int = 512, n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
                  n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, chat_template: Optional[str] = None,
                  flash_attn: bool = False, max_queue: int = 64, prefill_chunk: int = 256,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None) -> None:
         for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
                         ("prefill_chunk", prefill_chunk)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        kv = kv_cache.resolve(type_k, type_v, flash_attn)  # ValueError before anything loads
         if n_parallel > 256:
             raise ValueError(f"n_parallel must be at most 256, got {n_parallel}")
         # The vocab-only Llama tokenizes, renders chat templates and turns tokens into text for
@@ -136,7 +137,8 @@ class Engine:
         n_batch = max(n_batch, n_parallel)
         self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                                   n_threads=threads, n_threads_batch=n_threads_batch or threads,
-                                  flash_attn=flash_attn, n_seq_max=n_parallel, kv_unified=True)
+                                  flash_attn=kv.flash_attn, type_k=kv.type_k, type_v=kv.type_v,
+                                  n_seq_max=n_parallel, kv_unified=True)
         self.n_parallel = n_parallel
         self.n_ctx_per_seq = self._ctx.n_ctx // n_parallel
         self.n_batch = self._ctx.n_batch

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .. import kv_cache
+
 __all__ = ["build_parser", "main"]
 
 
@@ -41,6 +43,7 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+    kv_cache.add_cli_options(p)
     return p
 
 
@@ -69,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
         engine = Engine(str(path), n_parallel=args.parallel, n_ctx=args.n_ctx, n_batch=args.batch,
                         n_threads=args.threads, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                         seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
-                        verbose=args.verbose)
+                        verbose=args.verbose, **kv_cache.cli_kwargs(args))
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
