@@ -7,6 +7,7 @@ same file, in one run, alternating ours/upstream, medians over repetitions.
     python benchmarks/memory_vs_upstream.py ctx32k [--model F]                  # RSS with n_ctx 32768
     python benchmarks/memory_vs_upstream.py kvquality                            # tiny model: KL / top-1 vs f16 KV
     python benchmarks/memory_vs_upstream.py ttft  [--model F]                    # 2nd chat turn, with/without cache
+    python benchmarks/memory_vs_upstream.py load --unpatched DIR [--model F]    # load time/RSS, patch 0003 or not
 
 Peak RSS of a child comes from wait4()'s ru_maxrss; for a run stopped early (`limit_s`: only its
 load and context creation are needed) from the last /proc/<pid>/status VmHWM sample.
@@ -207,15 +208,45 @@ def cmd_ttft(a) -> dict:
     return {k: {"median": _median(v), "samples": v} for k, v in out.items()}
 
 
+LOAD_CHILD = r"""
+import json, sys, time
+def status():
+    with open("/proc/self/status") as f:
+        rows = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(rows[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
+from pybonsai import _core, backends
+backends.ensure_loaded()
+t = time.perf_counter()
+m = _core.Model(sys.argv[1])
+dt = time.perf_counter() - t
+print(json.dumps({"load_s": dt, **status()}))
+"""
+
+
+def cmd_load(a) -> dict:
+    """Model load time, RSS and peak RSS: this build vs `--unpatched DIR`, a copy of the same
+    build's installed pybonsai package made without vendor/patches/0003 (alternating)."""
+    out: dict[str, list[float]] = {}
+    for _ in range(a.reps):
+        for who, env in (("patched", {}), ("unpatched", {"PYTHONPATH": str(a.unpatched)})):
+            proc = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(a.model)], capture_output=True, text=True,
+                                  check=True, env={**os.environ, **env})
+            r = json.loads(proc.stdout.splitlines()[-1])
+            for k, v in r.items():
+                out.setdefault(f"{who} {k}", []).append(v)
+    return {k: {"median": _median(v), "samples": v} for k, v in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["rss", "depth", "ctx32k", "kvquality", "ttft"])
+    ap.add_argument("what", choices=["rss", "depth", "ctx32k", "kvquality", "ttft", "load"])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1024, 4096])
     ap.add_argument("--kv", default="q8_0,q4_0")
     ap.add_argument("--ctx", type=int, default=0, help="our n_ctx for depth runs (default: deepest + 32)")
     ap.add_argument("--limit", type=int, default=60, help="seconds an upstream run is observed when stopped early")
+    ap.add_argument("--unpatched", type=Path, help="load: directory holding an unpatched pybonsai package")
     ap.add_argument("--history-words", type=int, default=1250)
     a = ap.parse_args()
     os.chdir(ROOT)
