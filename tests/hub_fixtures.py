@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import pytest
 
 from hub_server import HubServer
-from pybonsai.cli import scan_gguf
+from pybonsai.gguf_file import scan_gguf
 
 TINY_REPO = "pybonsai-test/tiny"
 TWO_REPO = "pybonsai-test/two"          # two GGUFs on main, one on revision v2

@@ -11,13 +11,18 @@ Endpoints (repo types other than "model" are not served):
 Resolve answers carry X-Repo-Commit, ETag / X-Linked-Etag (the sha256, as for LFS files),
 X-Linked-Size, Content-Length and Accept-Ranges, with the content served directly (no redirect).
 Errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) as the Hub does.
-Every request is recorded in `server.requests` as (method, path).
+Every request is recorded in `server.requests` as (method, path), the Range header of every
+resolve GET in `server.ranges` as (path, header or None). `server.interrupt(path, budgets)`
+makes the next GETs of `path` stop after budgets[0], budgets[1], ... bytes of the body and drop
+the connection (an interrupted download); `server.stall(path, n)` makes the next GET send n
+bytes and then hang until `server.release()` (a client that dies mid-download).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +56,10 @@ class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, _Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, Optional[str]]] = []
+        self.interruptions: dict[str, list[int]] = {}
+        self.stalls: dict[str, int] = {}
+        self._released = threading.Event()
         self._digests: dict[tuple[str, int, int], tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._httpd: Optional[ThreadingHTTPServer] = None
@@ -84,6 +93,24 @@ class HubServer:
     @staticmethod
     def _size(content: Content) -> int:
         return len(content) if isinstance(content, bytes) else content.stat().st_size
+
+    def interrupt(self, path: str, budgets: list[int]) -> None:
+        """Cut the next len(budgets) GETs of `path` after that many body bytes each."""
+        with self._lock:
+            self.interruptions[path] = list(budgets)
+
+    def stall(self, path: str, after: int) -> None:
+        with self._lock:
+            self.stalls[path] = after
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _take_budget(self, path: str) -> Optional[int]:
+        with self._lock:
+            budgets = self.interruptions.get(path)
+            return budgets.pop(0) if budgets else None
 
     def fetched(self, method: str = "GET") -> list[str]:
         """Paths of the /resolve/ requests made with `method`, in order."""
@@ -234,9 +261,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
+        url_path = unquote(urlsplit(self.path).path)
+        self.hub.ranges.append((url_path, rng))
+        budget = self.hub._take_budget(url_path)
+        with self.hub._lock:
+            stall = self.hub.stalls.pop(url_path, None)
+        if stall is not None:
+            budget = stall
+        if budget is not None:  # send part of the body, then drop the connection
+            end = min(end, start + budget - 1)
         if isinstance(content, bytes):
             self.wfile.write(content[start:end + 1])
-            return
+        else:
+            self._send_file(content, start, end)
+        if budget is not None:
+            self.wfile.flush()
+            if stall is not None:
+                self.hub._released.wait(120)
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _send_file(self, content: Path, start: int, end: int) -> None:
         with open(content, "rb") as f:
             f.seek(start)
             left = end - start + 1

@@ -11,7 +11,7 @@ import pytest
 
 from hub_fixtures import TINY_REPO, hub, hub_env, split_model_dir  # noqa: F401
 from pybonsai import catalog
-from pybonsai.cli import scan_gguf
+from pybonsai.gguf_file import scan_gguf
 
 
 def pybonsai(*args: str, env=None, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:

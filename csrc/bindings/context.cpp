@@ -1,5 +1,6 @@
 // Context: a KV cache plus compute state over a Model; decodes batches, exposes logits.
 #include "core.h"
+#include "interrupt.h"
 #include "model.h"
 
 #include <pybind11/numpy.h>
@@ -13,6 +14,8 @@ namespace pybonsai {
 namespace {
 
 constexpr uint32_t kMaxSeq = 256;  // LLAMA_MAX_SEQ in src/llama-cparams.h (not in llama.h)
+
+struct Interrupted {};  // SIGINT stopped a decode; turned into KeyboardInterrupt with the GIL held
 
 // Locking rule: release the GIL first, then take mu_; never take the GIL while holding mu_.
 class Context {
@@ -40,7 +43,10 @@ public:
         p.type_k = (ggml_type) type_k;
         p.type_v = (ggml_type) type_v;
         apply_context_options(p, options);
-        p.abort_callback = [](void * self) { return static_cast<Context *>(self)->abort_.load(); };
+        p.abort_callback = [](void * self) {
+            const Context * c = static_cast<Context *>(self);
+            return c->abort_.load() || c->cancel_.load() || c->sigint_.load();
+        };
         p.abort_callback_data = this;
         take_log();
         {
@@ -69,7 +75,17 @@ public:
 
     // Decode `tokens` at positions pos0.. of sequence 0. Logits are kept for every token when
     // `all_logits`, else for the last one only. Returns the number of logit rows produced.
-    int decode(const std::vector<llama_token> & tokens, int pos0, bool all_logits) {
+    // `interruptible` (main thread only): Ctrl-C stops the decode and raises KeyboardInterrupt.
+    int decode(const std::vector<llama_token> & tokens, int pos0, bool all_logits, bool interruptible = false) {
+        try {
+            return decode_impl(tokens, pos0, all_logits, interruptible);
+        } catch (const Interrupted &) {
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Python's handler raised
+            throw LlamaError("decode was interrupted by SIGINT");
+        }
+    }
+
+    int decode_impl(const std::vector<llama_token> & tokens, int pos0, bool all_logits, bool interruptible) {
         const int n = (int) tokens.size();
         if (n == 0) throw py::value_error("cannot decode an empty batch");
         if (pos0 < 0 || (uint64_t) pos0 + n > n_ctx_) {
@@ -80,13 +96,18 @@ public:
         std::vector<bool> out(n, all_logits);
         for (int i = 0; i < n; ++i) pos[i] = pos0 + i;
         out[n - 1] = true;
-        return decode_batch(tokens, pos, seq, out);
+        return decode_batch_impl(tokens, pos, seq, out, interruptible);
     }
 
     // Decode a batch whose token i sits at position pos[i] of sequence seq[i]; logits are kept
     // for the tokens whose flag is set. Returns the number of logit rows produced.
     int decode_batch(const std::vector<llama_token> & tokens, const std::vector<int> & pos,
                      const std::vector<int> & seq, const std::vector<bool> & want) {
+        return decode_batch_impl(tokens, pos, seq, want, false);
+    }
+
+    int decode_batch_impl(const std::vector<llama_token> & tokens, const std::vector<int> & pos,
+                          const std::vector<int> & seq, const std::vector<bool> & want, bool interruptible) {
         const int n = (int) tokens.size();
         if (n == 0) throw py::value_error("cannot decode an empty batch");
         if (pos.size() != tokens.size() || seq.size() != tokens.size() || want.size() != tokens.size()) {
@@ -122,11 +143,18 @@ public:
             }
             batch.n_tokens = n;
             abort_ = false;
+            sigint_ = false;
             n_outputs_ = 0;  // whatever llama.cpp held is invalid from here on
             outputs_.clear();
             take_log();
-            const int32_t rc = llama_decode(ctx, batch);
+            int32_t rc = 2;
+            if (!cancel_) {
+                SigintWatch watch(sigint_, interruptible);
+                rc = llama_decode(ctx, batch);
+            }
             llama_batch_free(batch);
+            if (rc == 2 && cancel_) throw CancelledError("cancelled by Llama.cancel()");
+            if (rc == 2 && sigint_) throw Interrupted();
             if (rc == 2) throw LlamaError("decode was aborted");
             if (rc == 1) throw LlamaError(with_log("no room in the KV cache for the batch (n_ctx too small?)"));
             if (rc != 0) throw LlamaError(with_log("llama_decode failed with code " + std::to_string(rc)));
@@ -306,6 +334,10 @@ public:
     uint32_t n_batch() const { return n_batch_; }
     uint32_t n_seq_max() const { return n_seq_max_; }
     void request_abort() { abort_ = true; }
+    // Sticky: every decode fails with CancelledError until clear_cancel().
+    void cancel() { cancel_ = true; }
+    void clear_cancel() { cancel_ = false; }
+    bool cancelled() const { return cancel_; }
 
 private:
     void close_locked() {
@@ -326,6 +358,8 @@ private:
     uint32_t n_seq_max_ = 1;
     std::vector<bool> outputs_;  // which batch positions of the last decode kept logits
     std::atomic<bool> abort_{false};
+    std::atomic<bool> cancel_{false};
+    std::atomic<bool> sigint_{false};
     std::mutex mu_;
 };
 
@@ -364,7 +398,8 @@ void init_context(py::module_ & m) {
                               return 0;
                           });
                       })
-        .def("decode", &Context::decode, py::arg("tokens"), py::arg("pos0"), py::arg("all_logits") = false)
+        .def("decode", &Context::decode, py::arg("tokens"), py::arg("pos0"), py::arg("all_logits") = false,
+             py::arg("interruptible") = false)
         .def("decode_batch", &Context::decode_batch, py::arg("tokens"), py::arg("pos"), py::arg("seq_ids"),
              py::arg("logits"), "Decode tokens of several sequences: token i at pos[i] of seq_ids[i], logits kept where logits[i].")
         .def("logits_ith", &Context::logits_ith, py::arg("idx"),
@@ -384,7 +419,11 @@ void init_context(py::module_ & m) {
         .def("state_set", &Context::state_set, py::arg("data"),
              "llama_state_set_data; pybonsai.state validates the data first.")
         .def("truncate", &Context::truncate, py::arg("pos"))
-        .def("request_abort", &Context::request_abort, "Make the running decode stop (from another thread).");
+        .def("request_abort", &Context::request_abort, "Make the running decode stop (from another thread).")
+        .def("cancel", &Context::cancel,
+             "Stop the running decode and fail every later one with CancelledError until clear_cancel().")
+        .def("clear_cancel", &Context::clear_cancel)
+        .def_property_readonly("cancelled", &Context::cancelled);
 }
 
 }  // namespace pybonsai

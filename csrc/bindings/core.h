@@ -17,6 +17,10 @@ namespace py = pybind11;
 struct LlamaError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+// Raised when Llama.cancel() stopped the work; Python sees pybonsai._core.CancelledError.
+struct CancelledError : LlamaError {
+    using LlamaError::LlamaError;
+};
 
 // The warnings and errors llama.cpp logged since the last call, joined; empty if none.
 std::string take_log();
@@ -32,5 +36,6 @@ void init_backend(py::module_ & m);
 void init_model(py::module_ & m);
 void init_context(py::module_ & m);
 void init_sampler(py::module_ & m);
+void init_gguf(py::module_ & m);
 
 }  // namespace pybonsai

@@ -57,9 +57,37 @@ std::string take_log() {
     return out;
 }
 
+// Bytes that are not valid UTF-8 (llama.cpp logs names read from the file, such as tensor names)
+// become U+FFFD: Python must be able to turn the exception message into a str.
+static std::string valid_utf8(const std::string & s) {
+    auto in = [&](size_t i, unsigned lo, unsigned hi) {
+        return i < s.size() && (unsigned char) s[i] >= lo && (unsigned char) s[i] <= hi;
+    };
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size();) {
+        const unsigned char c = s[i];
+        size_t len = 0;
+        if (c < 0x80) len = 1;
+        else if (c >= 0xC2 && c <= 0xDF && in(i + 1, 0x80, 0xBF)) len = 2;
+        else if (c >= 0xE0 && c <= 0xEF && in(i + 1, c == 0xE0 ? 0xA0 : 0x80, c == 0xED ? 0x9F : 0xBF) &&
+                 in(i + 2, 0x80, 0xBF)) len = 3;
+        else if (c >= 0xF0 && c <= 0xF4 && in(i + 1, c == 0xF0 ? 0x90 : 0x80, c == 0xF4 ? 0x8F : 0xBF) &&
+                 in(i + 2, 0x80, 0xBF) && in(i + 3, 0x80, 0xBF)) len = 4;
+        if (len == 0) {
+            out += "\xEF\xBF\xBD";
+            i += 1;
+        } else {
+            out.append(s, i, len);
+            i += len;
+        }
+    }
+    return out;
+}
+
 std::string with_log(const std::string & message) {
     std::string log = take_log();
-    return log.empty() ? message : message + "\nllama.cpp said:\n" + log;
+    return valid_utf8(log.empty() ? message : message + "\nllama.cpp said:\n" + log);
 }
 
 void init_log(py::module_ & m) {

@@ -95,14 +95,24 @@ public:
         }
     }
 
+    // llama.cpp aborts the process when a model without a vocabulary (tokenizer.ggml.model
+    // "none") is asked to tokenize or detokenize: refuse first.
+    void require_vocab() const {
+        if (llama_vocab_type(vocab()) == LLAMA_VOCAB_TYPE_NONE) {
+            throw LlamaError("'" + path_ + "' has no vocabulary (tokenizer.ggml.model is \"none\"): "
+                             "it cannot tokenize or detokenize");
+        }
+    }
+
     std::vector<llama_token> tokenize(const py::bytes & text, bool add_special, bool parse_special) const {
         std::string_view s = text;
         if (s.size() > INT32_MAX / 2) throw py::value_error("text too long to tokenize");
+        require_vocab();
         ModelPtr keep = shared();  // the vocabulary must outlive a concurrent close()
         const llama_vocab * vocab = llama_model_get_vocab(keep.get());
         std::vector<llama_token> out(s.size() + 8);
         int32_t n;
-        {
+        try {
             py::gil_scoped_release release;
             n = llama_tokenize(vocab, s.data(), (int32_t) s.size(), out.data(), (int32_t) out.size(),
                                add_special, parse_special);
@@ -111,6 +121,8 @@ public:
                 n = llama_tokenize(vocab, s.data(), (int32_t) s.size(), out.data(), (int32_t) out.size(),
                                    add_special, parse_special);
             }
+        } catch (const std::exception & e) {  // e.g. a vocabulary missing the tokens its type needs
+            throw LlamaError(with_log("'" + path_ + "': tokenization failed: " + e.what()));
         }
         if (n < 0) throw LlamaError(with_log("tokenization failed"));
         out.resize(n);
@@ -119,6 +131,7 @@ public:
 
     py::bytes token_to_piece(llama_token t, bool special) const {
         check_token(t);
+        require_vocab();
         char buf[256];
         int32_t n = llama_token_to_piece(vocab(), t, buf, sizeof buf, 0, special);
         if (n >= 0) return py::bytes(buf, n);
@@ -130,6 +143,7 @@ public:
 
     py::bytes detokenize(const std::vector<llama_token> & tokens, bool remove_special, bool unparse_special) const {
         for (llama_token t : tokens) check_token(t);
+        require_vocab();
         std::string out(tokens.size() * 8 + 16, '\0');
         int32_t n = llama_detokenize(vocab(), tokens.data(), (int32_t) tokens.size(), out.data(),
                                      (int32_t) out.size(), remove_special, unparse_special);
@@ -152,7 +166,9 @@ public:
             if (nk < 0 || nv < 0) continue;
             if ((size_t) nk >= key.size()) { key.resize(nk + 1); llama_model_meta_key_by_index(get(), i, key.data(), key.size()); }
             if ((size_t) nv >= val.size()) { val.resize(nv + 1); llama_model_meta_val_str_by_index(get(), i, val.data(), val.size()); }
-            out[py::str(key.data(), nk)] = py::str(py::bytes(val.data(), nv).attr("decode")("utf-8", "replace"));
+            // keys and values are untrusted bytes: invalid UTF-8 becomes U+FFFD, never an exception
+            out[py::bytes(key.data(), nk).attr("decode")("utf-8", "replace")] =
+                py::bytes(val.data(), nv).attr("decode")("utf-8", "replace");
         }
         return out;
     }

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["Llama", "Engine", "LlamaState", "LlamaRAMCache", "LlamaDiskCache", "LlamaCache",
-           "UnsupportedParameterWarning", "system_info", "__version__"]
+           "UnsupportedParameterWarning", "CancelledError", "system_info", "__version__"]
 _LAZY = {"LlamaState": "state", "LlamaRAMCache": "llama_cache", "LlamaDiskCache": "llama_cache",
          "LlamaCache": "llama_cache", "BaseLlamaCache": "llama_cache", "UnsupportedParameterWarning": "compat"}
 
@@ -17,6 +17,9 @@ def __getattr__(name: str):
     if name == "Engine":
         from .engine import Engine
         return Engine
+    if name == "CancelledError":  # raised by work stopped with Llama.cancel()
+        from ._core import CancelledError
+        return CancelledError
     if name == "system_info":
         from .backends import system_info
         return system_info

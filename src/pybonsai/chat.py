@@ -4,7 +4,10 @@ renders them: jinja2's immutable sandbox with trim_blocks/lstrip_blocks and loop
 
 Templates are untrusted input, so rendering is bounded: sandbox violations raise (instead of
 rendering as empty), every output piece and assigned value counts against a size budget, and for
-loops, calls and filters check a wall-clock deadline. Every failure is a `ChatTemplateError`
+loops, calls and filters check a wall-clock deadline. Operations that expand their inputs (repeat,
+join, replace, format, indent, `~`, rendering a container) are sized before they run
+(pybonsai.template_size), so a template cannot make the process allocate gigabytes first and fail
+afterwards. Every failure is a `ChatTemplateError`
 naming the template and the cause."""
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import re
 import time
 import traceback
+from collections.abc import Iterator as _IteratorABC, Sized
 from contextvars import ContextVar
 from datetime import datetime
 from functools import wraps
@@ -23,12 +27,16 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.ext import Extension
 from jinja2.runtime import Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
+
+from .template_size import expansion, rendered_size, str_method_expansion
 
 __all__ = ["ChatTemplate", "ChatTemplateError"]
 
 DEFAULT_MAX_OUTPUT_CHARS = 1_000_000
 DEFAULT_TIMEOUT_S = 5.0
 _GUARD_ITER, _GUARD_VALUE, _GUARD_OUTPUT = "_pybonsai_guard_iter", "_pybonsai_guard_value", "_pybonsai_guard_output"
+_GUARD_CONCAT = "_pybonsai_guard_concat"
 _HUGE_WIDTH = re.compile(r"%[#0 +\-]*(\d*\.)?\d{7}|\{[^{}]*:[^{}]*\d{7}")  # "%9999999s", "{:>9999999}"
 
 
@@ -57,13 +65,43 @@ class _Budget:
             raise _Abort(f"rendering took longer than {self.timeout_s:g} s (runaway loop?)")
 
     def check_value(self, value: Any) -> Any:
-        if isinstance(value, (str, bytes, list, tuple, dict)) and len(value) > self.max_chars:
-            unit = "characters" if isinstance(value, str) else "items"
-            raise _Abort(f"a {type(value).__name__} of {len(value)} {unit} exceeds the limit "
-                         f"of {self.max_chars}")
-        if isinstance(value, int) and value.bit_length() > 64 * self.max_chars:
-            raise _Abort("an integer is too large")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > 64 * self.max_chars:
+                raise _Abort("an integer is too large")
+            return value
+        size = rendered_size(value, self.max_chars)
+        if size > self.max_chars:
+            raise _Abort(f"a {type(value).__name__} standing for more than {self.max_chars} characters "
+                         "exceeds the limit")
         return value
+
+    def check_expansion(self, size: int, what: str) -> None:
+        """Refuse an operation whose result would exceed the limit, before it runs."""
+        if size > self.max_chars:
+            raise _Abort(f"{what} would produce {size} characters, which exceeds the limit of {self.max_chars}")
+
+    def bounded_list(self, iterable: Any) -> list:
+        """The items of an iterator, collected while counting their rendered size."""
+        items, total = [], 0
+        for item in iterable:
+            self.tick()
+            total += rendered_size(item, self.max_chars)
+            self.check_expansion(total, "collecting the items of an iterator")
+            items.append(item)
+        return items
+
+    def counted(self, iterator: Any) -> Iterator[Any]:
+        """`iterator`, with what it yields counted against the render's production budget
+        (`big | map('upper') | list` makes new strings without any single one being large)."""
+        for item in iterator:
+            self.tick()
+            self.produce(rendered_size(item, self.max_chars))
+            yield item
+
+    def produce(self, size: int) -> None:
+        self.produced += size
+        if self.produced > self.max_produced:
+            raise _Abort(f"the template produced more than {self.max_produced} characters")
 
     def check_args(self, args: Iterable[Any]) -> None:
         for arg in args:
@@ -89,7 +127,7 @@ def _budget() -> _Budget:
 class _SandboxEnvironment(ImmutableSandboxedEnvironment):
     """The HF-compatible sandbox, with violations raising and every call/operator bounded."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} "
@@ -100,8 +138,15 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         budget.tick()
         if not isinstance(obj, Macro):  # str.ljust(10**9), "{:>9999999}".format(1), lipsum(10**9)
             budget.check_args((*args, *kwargs.values()))
-            if getattr(obj, "__name__", None) in ("format", "format_map"):  # sandbox-wrapped
-                budget.check_format(getattr(getattr(obj, "__wrapped__", obj), "__self__", None))
+            name = getattr(obj, "__name__", None)
+            owner = getattr(getattr(obj, "__wrapped__", obj), "__self__", None)  # str.format is sandbox-wrapped
+            if name in ("format", "format_map"):
+                budget.check_format(owner)
+            if isinstance(owner, str) and isinstance(name, str):
+                if name == "join" and args and not isinstance(args[0], Sized):
+                    args = (budget.bounded_list(args[0]), *args[1:])
+                budget.check_expansion(str_method_expansion(owner, name, args, kwargs, budget.max_chars),
+                                       f"str.{name}")
         return budget.check_value(super().call(context, obj, *args, **kwargs))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -112,15 +157,21 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
                 raise _Abort(f"{left} ** {right} is too large")
         elif operator == "*":
             for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) \
-                        and len(seq) * count > budget.max_chars:
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and count > 0 \
+                        and rendered_size(seq, budget.max_chars) * count > budget.max_chars:
                     raise _Abort(f"repeating a {type(seq).__name__} {count} times is too large")
             if isinstance(left, int) and isinstance(right, int) \
                     and left.bit_length() + right.bit_length() > 64 * budget.max_chars:
                 raise _Abort("a product is too large")
         elif operator == "%" and isinstance(left, str):
             budget.check_format(left)
-            budget.check_args(right if isinstance(right, tuple) else (right,))
+            values = right if isinstance(right, tuple) else (right,)
+            budget.check_args(values)
+            budget.check_expansion(len(left) + left.count("%") * max(
+                (rendered_size(v, budget.max_chars) for v in values), default=0), "a % format")
+        elif operator == "+" and isinstance(left, (str, list, tuple)):
+            budget.check_expansion(rendered_size(left, budget.max_chars) + rendered_size(right, budget.max_chars),
+                                   "a concatenation")
         return budget.check_value(super().call_binop(context, operator, left, right))
 
 
@@ -135,8 +186,9 @@ class _GenerationTag(Extension):
         return nodes.Scope(body, lineno=lineno)
 
 
-def _guard_filter(func: Any, is_format: bool = False) -> Any:
-    """A filter wrapped to respect the render budget (arguments and result size)."""
+def _guard_filter(func: Any, name: str) -> Any:
+    """A filter wrapped to respect the render budget: arguments, the size of what it will
+    produce (checked before it runs), the size of its result, and what a lazy result yields."""
     skip = 2 if hasattr(func, "jinja_pass_arg") else 1  # the context/environment, the value
 
     @wraps(func)  # keeps jinja's pass_context/pass_environment marker
@@ -144,9 +196,17 @@ def _guard_filter(func: Any, is_format: bool = False) -> Any:
         budget = _budget()
         budget.tick()
         budget.check_args((*args[skip:], *kwargs.values()))
-        if is_format:  # "%9999999s"|format(x)
+        if name == "format":  # "%9999999s"|format(x)
             budget.check_format(args[skip - 1])
-        return budget.check_value(func(*args, **kwargs))
+        if name == "join" and len(args) >= skip and not isinstance(args[skip - 1], Sized):
+            args = (*args[:skip - 1], budget.bounded_list(args[skip - 1]), *args[skip:])
+        for arg in (*args[skip - 1:], *kwargs.values()):  # `wide_list | tojson`, `| string`, ...
+            budget.check_value(arg)
+        if len(args) >= skip:
+            budget.check_expansion(expansion(name, args[skip - 1], args[skip:], kwargs, budget.max_chars),
+                                   f"the {name} filter")
+        result = budget.check_value(func(*args, **kwargs))
+        return budget.counted(result) if isinstance(result, _IteratorABC) else result
     return guarded
 
 
@@ -180,10 +240,23 @@ def _guard_value(context: Any, value: Any) -> Any:
 @jinja2.pass_context
 def _guard_output(context: Any, value: Any) -> Any:
     budget = _budget()
-    budget.produced += len(value) if isinstance(value, str) else len(str(value))
-    if budget.produced > budget.max_produced:
-        raise _Abort(f"the template produced more than {budget.max_produced} characters")
+    budget.check_value(value)  # before jinja calls str() on it
+    budget.produce(rendered_size(value, budget.max_chars))
     return value
+
+
+@jinja2.pass_context
+def _guard_concat(context: Any, values: list) -> str:
+    """`a ~ b ~ c`, sized before the strings are built."""
+    budget = _budget()
+    budget.check_expansion(sum(rendered_size(v, budget.max_chars) for v in values), "a ~ concatenation")
+    return "".join(map(str, values))
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    budget = _budget()
+    budget.check_expansion(n * max * 12, "lipsum")  # words are at most ~11 characters and a space
+    return jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max)
 
 
 def _make_environment() -> _SandboxEnvironment:
@@ -191,10 +264,10 @@ def _make_environment() -> _SandboxEnvironment:
                               extensions=["jinja2.ext.loopcontrols", _GenerationTag])
     env.filters["tojson"] = _tojson
     for key, func in list(env.filters.items()):  # tests are cheap predicates: left alone
-        env.filters[key] = _guard_filter(func, is_format=key == "format")
-    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        env.filters[key] = _guard_filter(func, key)
+    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, lipsum=_lipsum)
     env.filters.update({_GUARD_ITER: _guard_iter, _GUARD_VALUE: _guard_value,
-                        _GUARD_OUTPUT: _guard_output})
+                        _GUARD_OUTPUT: _guard_output, _GUARD_CONCAT: _guard_concat})
     return env
 
 
@@ -205,8 +278,18 @@ def _guard(node: nodes.Expr, filter_name: str) -> nodes.Filter:
     return nodes.Filter(node, filter_name, [], [], None, None, lineno=node.lineno)
 
 
+class _SizeConcat(NodeTransformer):
+    """`a ~ b` becomes `[a, b] | _pybonsai_guard_concat`, which sizes the result first."""
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return nodes.Filter(nodes.List(node.nodes, lineno=node.lineno), _GUARD_CONCAT, [], [], None, None,
+                            lineno=node.lineno)
+
+
 def _instrument(ast: nodes.Template) -> nodes.Template:
     """Route loop iterables, assigned values and output pieces through the budget filters."""
+    ast = _SizeConcat().visit(ast)
     for node in list(ast.find_all((nodes.For, nodes.Assign, nodes.Output))):
         if isinstance(node, nodes.For):
             node.iter = _guard(node.iter, _GUARD_ITER)

@@ -13,133 +13,16 @@ Models (-m) are a local .gguf path, a catalog alias (see `pybonsai download --he
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
-import struct
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import __version__, catalog, kv_cache
+from .gguf_file import GGUFSummary, TensorInfo, check_gguf_path, scan_gguf
 from .hub import HubError, split_parts
 
-__all__ = ["main", "build_parser", "scan_gguf", "GGUFSummary"]
-
-
-# --- GGUF header scan (for `info`) ---------------------------------------------------------
-#
-# gguf.GGUFReader builds numpy views of every key/value, which takes seconds for the ~150k
-# tokenizer strings of a Qwen vocabulary; `info` only needs the scalars and the tensor table,
-# so this walks the header with struct and skips the arrays. Type names and block sizes come
-# from the gguf package.
-
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-
-
-@dataclass
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]   # ggml order (ne0 first)
-    type: int
-    offset: int              # relative to the data section
-    n_elements: int
-    n_bytes: Optional[int]   # None for a type the gguf package does not know
-
-    @property
-    def type_name(self) -> str:
-        import gguf
-        try:
-            return gguf.GGMLQuantizationType(self.type).name
-        except ValueError:
-            return f"type{self.type}"
-
-
-@dataclass
-class GGUFSummary:
-    path: Path
-    version: int
-    metadata: dict[str, Any]           # scalars and strings; arrays as ("array", length)
-    kv_range: tuple[int, int]          # byte range of the key/value section
-    n_kv: int
-    tensors: list[TensorInfo] = field(default_factory=list)
-    alignment: int = 32
-    data_offset: int = 0
-
-
-def scan_gguf(path: str | os.PathLike) -> GGUFSummary:
-    """The metadata scalars and tensor table of a GGUF file (v2/v3), without reading arrays."""
-    import gguf
-
-    path = Path(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version not in (2, 3):
-            raise ValueError(f"{path} has GGUF version {version}; supported: 2, 3")
-        pos = 24
-
-        def read(fmt: str) -> Any:
-            nonlocal pos
-            value = struct.unpack_from(fmt, buf, pos)[0]
-            pos += struct.calcsize(fmt)
-            return value
-
-        def read_str() -> str:
-            nonlocal pos
-            n = read("<Q")
-            pos += n
-            return buf[pos - n:pos].decode("utf-8", "replace")
-
-        def skip_value(vtype: int, count: int) -> None:
-            nonlocal pos
-            if vtype in _SCALARS:
-                pos += struct.calcsize(_SCALARS[vtype]) * count
-            elif vtype == _STRING:
-                for _ in range(count):
-                    pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
-            elif vtype == _ARRAY:
-                for _ in range(count):
-                    sub, n = read("<I"), read("<Q")
-                    skip_value(sub, n)
-            else:
-                raise ValueError(f"{path}: unknown GGUF value type {vtype} at byte {pos}")
-
-        meta: dict[str, Any] = {}
-        kv_start = pos
-        for _ in range(n_kv):
-            key, vtype = read_str(), read("<I")
-            if vtype in _SCALARS:
-                meta[key] = read(_SCALARS[vtype])
-            elif vtype == _STRING:
-                meta[key] = read_str()
-            elif vtype == _ARRAY:
-                sub, n = read("<I"), read("<Q")
-                skip_value(sub, n)
-                meta[key] = ("array", n)
-            else:
-                raise ValueError(f"{path}: unknown GGUF value type {vtype} for key {key!r}")
-        kv_end = pos
-        tensors = []
-        for _ in range(n_tensors):
-            name = read_str()
-            n_dims = read("<I")
-            shape = tuple(read("<Q") for _ in range(n_dims))
-            ttype, offset = read("<I"), read("<Q")
-            n_el = 1
-            for d in shape:
-                n_el *= d
-            try:
-                block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
-                n_bytes: Optional[int] = n_el // block * type_size
-            except (ValueError, KeyError):
-                n_bytes = None
-            tensors.append(TensorInfo(name, shape, ttype, offset, n_el, n_bytes))
-        align = int(meta.get("general.alignment", 32))
-        data = (pos + align - 1) // align * align
-    return GGUFSummary(path, version, meta, (kv_start, kv_end), n_kv, tensors, align, data)
+__all__ = ["main", "build_parser"]
 
 
 def _all_tensors(summary: GGUFSummary) -> list[TensorInfo]:
@@ -218,8 +101,6 @@ def _fmt_count(n: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .gguf_file import check_gguf_path
-
     path = check_gguf_path(_model_path(args))
     summary = scan_gguf(path)
     meta = summary.metadata

@@ -10,12 +10,24 @@ the other parts from the same directory. Downloads go to the Hugging Face cache
 (`HF_HUB_CACHE`, or `cache_dir`); `HF_HUB_OFFLINE=1` or `local_files_only=True` resolve from the
 cache only. Network and Hub failures raise `HubError` with a one-line explanation.
 
+Downloads: an interrupted download resumes where it stopped. huggingface_hub itself resumes
+after a dropped connection within one call, but (since 1.x) throws the partial file away when the
+call fails or the process dies; so a GGUF (an LFS file, named by its sha256) is fetched by us
+into `blobs/<sha256>.pybonsai-partial` in the Hugging Face cache, which survives Ctrl-C, crashes
+and network failures, and the next call asks only for the rest (HTTP Range). Every GGUF taken from the cache is
+checked against the sha256 the Hub published for it (the LFS object id, which names the cached
+blob): in full after each download and whenever the file's size, modification time or inode
+changed since its last check (recorded under the pybonsai cache, `PYBONSAI_CACHE_DIR`). A file
+that no longer matches is fetched again, or, offline, reported as corrupted; it is never loaded.
+
 `huggingface_hub` is imported on first use, so that importing this module costs nothing and
 `HF_ENDPOINT` / `HF_HUB_OFFLINE` set before the first call are honoured.
 """
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -28,6 +40,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 _SPLIT_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 _GLOB_CHARS = set("*?[")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _HINT_OFFLINE = ("pass a local .gguf path instead, or use a file already in the Hugging Face cache "
                  "(HF_HUB_OFFLINE=1 or local_files_only=True)")
 
@@ -229,9 +242,113 @@ def _list_repo(repo_id: str, revision: Optional[str], cache_dir: Optional[PathLi
 
 def _download(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[PathLike],
               local_only: bool) -> Path:
+    path = _fetch(repo_id, filename, revision, cache_dir, local_only)
+    if _content_matches(path):
+        return path
+    if local_only:
+        raise HubError(f"the cached {filename} from {repo_id} ({path.resolve()}) is corrupted: its content no "
+                       "longer matches the sha256 the Hub published for it; download it again online "
+                       "(it is refetched automatically) or delete it")
+    path = _fetch(repo_id, filename, revision, cache_dir, local_only, force=True)
+    if not _content_matches(path):
+        raise HubError(f"{filename} from {repo_id} does not match the sha256 the Hub published for it, even after "
+                       f"downloading it again ({path.resolve()}); the file on the Hub or the connection is broken")
+    return path
+
+
+# --- content checks ----------------------------------------------------------------------
+
+def _verified_dir() -> Path:
+    base = os.environ.get("PYBONSAI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pybonsai")
+    return Path(base) / "verified"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content_matches(path: Path) -> bool:
+    """Whether a cached file still has the sha256 the Hub published for it. The cache stores an
+    LFS file as blobs/<sha256>; other layouts (and non-LFS files) have nothing to check against."""
+    blob = path.resolve()
+    expected = blob.name
+    if blob.parent.name != "blobs" or not _SHA256_RE.match(expected):
+        return True
+    st = blob.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": expected}
+    marker = _verified_dir() / hashlib.sha256(str(blob).encode()).hexdigest()
+    try:
+        if json.loads(marker.read_text()) == stamp:
+            return True  # checked in full since it last changed
+    except (OSError, ValueError):
+        pass
+    if _sha256(blob) != expected:
+        return False
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(stamp))
+    except OSError:
+        pass  # a read-only home: the file is checked in full every time
+    return True
+
+
+def _prefetch_resumable(repo_id: str, filename: str, revision: Optional[str],
+                        cache_dir: Optional[PathLike], force: bool) -> None:
+    """Download an LFS file into its cache blob through a partial file that outlives failures
+    (see the module docstring). Best effort: on any problem, hf_hub_download does the work
+    (and reports the errors)."""
+    hf = _hf()
+    from huggingface_hub.file_download import http_get
+
+    try:
+        meta = hf.get_hf_file_metadata(hf.hf_hub_url(repo_id, filename, revision=revision))
+    except Exception:  # noqa: BLE001 - hf_hub_download will meet and report the same problem
+        return
+    etag, size = meta.etag, meta.size
+    if not etag or not _SHA256_RE.match(etag) or size is None or not meta.location:
+        return  # not an LFS file: nothing to check a partial file against
+    root = Path(cache_dir if cache_dir is not None else hf.constants.HF_HUB_CACHE).expanduser()
+    blobs = root / ("models--" + repo_id.replace("/", "--")) / "blobs"
+    blob, partial = blobs / etag, blobs / f"{etag}.pybonsai-partial"
+    if blob.exists() and not force:
+        return
+    blobs.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    with FileLock(str(partial) + ".lock"):
+        if blob.exists() and not force:
+            return
+        with open(partial, "ab") as f:
+            have = f.tell()
+            if have > size:
+                f.truncate(0)
+                have = 0
+            if have < size:
+                http_get(meta.location, f, resume_size=have, headers=hf.utils.build_hf_headers(),
+                         expected_size=size, displayed_filename=filename)
+        if _sha256(partial) != etag:
+            partial.unlink()  # wrong bytes: start over (through hf_hub_download)
+            return
+        os.replace(partial, blob)
+
+
+def _fetch(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[PathLike],
+           local_only: bool, force: bool = False) -> Path:
+    if not local_only:
+        try:
+            _prefetch_resumable(repo_id, filename, revision, cache_dir, force)
+            force = False  # the blob is in place (or hf_hub_download will fetch it)
+        except Exception as exc:  # noqa: BLE001 - the partial file stays for the next call
+            err = _hub_error(exc, repo_id, filename, revision, local_only)
+            raise (err if err is not exc else exc) from None
     try:
         path = _hf().hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                     local_files_only=local_only)
+                                     local_files_only=local_only, force_download=force)
     except Exception as exc:  # noqa: BLE001 - translated below
         u = _hf().utils
         if isinstance(exc, u.EntryNotFoundError) and not isinstance(exc, u.LocalEntryNotFoundError):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import functools
+import threading
+import warnings
 from typing import Any, Dict, Generator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core, backends, compat, completions, embeddings, gpu, kv_cache, state
 from .llama_cache import BaseLlamaCache
-from .gguf_file import check_gguf_path
+from .gguf_file import check_gguf_path, mmap_compatible
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 
@@ -21,11 +24,26 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _serialized(fn: Any) -> Any:
+    """`fn(llm, ...)` as a method run under the Llama's lock (signature kept for inspect)."""
+    @functools.wraps(fn)
+    def method(self: "Llama", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+    return method
+
+
 class Llama:
     """A GGUF model with one inference context, in llama-cpp-python's terms.
 
-    Not thread-safe: use one Llama per thread. Concurrent calls cannot crash the process (the
-    context serializes them) but they interleave their tokens.
+    Threads: one Llama per thread runs in parallel. Threads sharing one Llama are serialized: a
+    completion (non-streaming), eval() or reset() runs whole under the Llama's lock, and a
+    generate() or streaming completion takes the lock for each token and re-syncs the context if
+    another call used it in between, so every call gets the output it would get alone (slower).
+
+    `cancel()` (from another thread, a signal handler or a callback) stops the evaluation or
+    generation running now with `CancelledError`; Ctrl-C during a long prefill on the main thread
+    stops it too (KeyboardInterrupt). Either way the Llama stays usable.
     """
 
     def __init__(
@@ -97,6 +115,9 @@ class Llama:
         self._ctx: Optional[_core.Context] = None
         self.cache: Optional[BaseLlamaCache] = None
         self._model_fingerprint: Optional[str] = None
+        self._lock = threading.RLock()  # serializes calls from threads sharing this Llama
+        self._owner: Optional[object] = None  # the generate() that made the context's last eval
+        self._inside = threading.local()  # .generating: eval() called by generate() keeps a cancel
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch),
                             ("n_gpu_layers", n_gpu_layers), ("last_n_tokens_size", last_n_tokens_size)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -129,6 +150,10 @@ class Llama:
         backends.ensure_loaded()
         compat.init_numa(numa)
         n_gpu_layers = gpu.resolve_n_gpu_layers(n_gpu_layers)  # the rule: README, GPU offload
+        if use_mmap and not vocab_only and not mmap_compatible(self.model_path):
+            warnings.warn(f"{self.model_path}: tensor data is not 32-byte aligned in the file; loading "
+                          "it without mmap (use_mmap=False)", RuntimeWarning, stacklevel=2)
+            use_mmap = False
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only,
                                   use_mmap=use_mmap, use_mlock=use_mlock, progress=progress_callback,
                                   options=model_options)
@@ -262,16 +287,32 @@ class Llama:
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         return self.model.token_to_piece(int(token), special)
 
+    # -- cancellation ---------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the evaluation or generation running on this Llama, from any thread or callback:
+        it raises `CancelledError` within one compute step (also in the middle of a prefill), and
+        the Llama stays usable. The request holds until the next eval(), generate() or
+        completion call starts; calling it while nothing runs has no lasting effect."""
+        ctx = self._ctx
+        if ctx is not None:
+            ctx.cancel()
+
     # -- evaluation -----------------------------------------------------------------------
     def reset(self) -> None:
         """Forget every evaluated token (clear the KV cache)."""
-        self.ctx.memory_clear()
-        self.n_tokens = 0
+        with self._lock:
+            self.ctx.memory_clear()
+            self.n_tokens = 0
+            self._owner = None
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Append `tokens` to the context and compute their logits (`scores`)."""
-        for _ in self._eval_chunks(tokens, self.logits_all):
-            pass
+        with self._lock:
+            if not getattr(self._inside, "generating", False):
+                self.ctx.clear_cancel()  # a new call: an earlier cancel() does not stop it
+            self._owner = None
+            for _ in self._eval_chunks(tokens, self.logits_all):
+                pass
 
     def _eval_chunks(self, tokens: Sequence[int], all_logits: bool) -> Iterator[tuple[int, np.ndarray]]:
         """eval() batch by batch, yielding (first position, logits rows) of each batch: every
@@ -283,11 +324,12 @@ class Llama:
                 f"Requested tokens ({self.n_tokens + len(tokens)}) exceed context window of {n_ctx}"
             )
         n_batch = self.ctx.n_batch
+        interruptible = threading.current_thread() is threading.main_thread()  # Ctrl-C mid-decode
         try:
             for start in range(0, len(tokens), n_batch):
                 chunk = tokens[start:start + n_batch]
                 pos = self.n_tokens
-                self.ctx.decode(chunk, pos, self.logits_all or all_logits)
+                self.ctx.decode(chunk, pos, self.logits_all or all_logits, interruptible)
                 if self.logits_all:
                     rows = self.scores[pos:pos + len(chunk)]
                     self.ctx.logits(out=rows)
@@ -425,25 +467,41 @@ class Llama:
             raise ValueError("generate() needs at least one token")
         history = list(self.input_ids[:self.n_tokens]) if not reset else []
         prime_penalties(sampler, params, history + tokens)
-        pending = self._reuse_prefix(tokens) if reset else tokens
+        me = object()
+        with self._lock:
+            self.ctx.clear_cancel()  # a cancel() from here on stops this generation
+            pending = self._reuse_prefix(tokens) if reset else tokens
+            target = [*self.input_ids[:self.n_tokens].tolist(), *pending]  # the context after the next eval
         while True:
-            self.eval(pending)
-            token = sampler.sample(self.ctx, -1)
+            with self._lock:  # per token, so that threads sharing this Llama take turns
+                if self._owner is not me:  # first step, or another call used the context since
+                    pending = self._reuse_prefix(target)
+                self._inside.generating = True
+                try:
+                    self.eval(pending)  # through eval(), as llama-cpp-python does (callers hook it)
+                finally:
+                    self._inside.generating = False
+                self._owner = me
+                token = sampler.sample(self.ctx, -1)
             sent = yield token
             pending = [token]
             if sent is not None:
                 pending += [int(t) for t in sent]
                 prime_penalties(sampler, params, pending[1:])
+            target += pending
 
     # -- saved state and the prompt cache ---------------------------------------------------
     def save_state(self) -> state.LlamaState:
         """The evaluated tokens, their logits and llama.cpp's context state (KV cache)."""
-        return state.save_state(self)
+        with self._lock:
+            return state.save_state(self)
 
     def load_state(self, saved: state.LlamaState) -> None:
         """Restore a save_state() result. A state from another model, context size or KV type,
         or with damaged bytes, raises ValueError and leaves the context as it was."""
-        state.load_state(self, saved)
+        with self._lock:
+            state.load_state(self, saved)
+            self._owner = None  # a generate() in progress re-syncs the context
 
     def set_cache(self, cache: Optional[BaseLlamaCache]) -> None:
         """Use `cache` (LlamaRAMCache, LlamaDiskCache) for prompt states across completions."""
@@ -463,9 +521,11 @@ class Llama:
 
     # -- completions ----------------------------------------------------------------------
     # llama-cpp-python's signatures (positional order and defaults); see pybonsai.completions.
-    create_completion = completions.create_completion
-    __call__ = completions.create_completion
-    create_chat_completion = completions.create_chat_completion
+    # Serialized under the Llama's lock (threads sharing it take turns; a stream returns at once
+    # and its generate() takes the lock per token).
+    create_completion = _serialized(completions.create_completion)
+    __call__ = create_completion
+    create_chat_completion = _serialized(completions.create_chat_completion)
     create_chat_completion_openai_v1 = compat.create_chat_completion_openai_v1
 
     # -- embeddings (Llama(..., embedding=True)) ------------------------------------------
