@@ -4,6 +4,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -27,6 +28,11 @@ std::string take_log();
 // `message` followed by what llama.cpp logged about it, if anything.
 std::string with_log(const std::string & message);
 
+// Run `fn` with the process's stderr (fd 2) sent to a temporary file; return what was written.
+// For llama.cpp code that reports errors only with fprintf(stderr) (the GBNF parser, the JSON
+// Schema converter's warnings).
+std::string capture_stderr(const std::function<void()> & fn);
+
 // A loaded model shared by the Model object and every Context made from it, so that closing
 // the Model never frees weights a live Context still uses.
 using ModelPtr = std::shared_ptr<llama_model>;
@@ -37,5 +43,6 @@ void init_model(py::module_ & m);
 void init_context(py::module_ & m);
 void init_sampler(py::module_ & m);
 void init_gguf(py::module_ & m);
+void init_json_schema(py::module_ & m);
 
 }  // namespace pybonsai

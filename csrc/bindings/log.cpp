@@ -6,6 +6,19 @@
 
 #include <atomic>
 #include <cstdio>
+#ifdef _WIN32
+#include <io.h>
+#define PYBONSAI_DUP _dup
+#define PYBONSAI_DUP2 _dup2
+#define PYBONSAI_CLOSE _close
+#define PYBONSAI_FILENO _fileno
+#else
+#include <unistd.h>
+#define PYBONSAI_DUP dup
+#define PYBONSAI_DUP2 dup2
+#define PYBONSAI_CLOSE close
+#define PYBONSAI_FILENO fileno
+#endif
 #include <deque>
 #include <mutex>
 
@@ -88,6 +101,41 @@ static std::string valid_utf8(const std::string & s) {
 std::string with_log(const std::string & message) {
     std::string log = take_log();
     return valid_utf8(log.empty() ? message : message + "\nllama.cpp said:\n" + log);
+}
+
+std::string capture_stderr(const std::function<void()> & fn) {
+    static std::mutex capture_mutex;  // one redirection at a time
+    std::lock_guard<std::mutex> lock(capture_mutex);
+    std::FILE * tmp = std::tmpfile();
+    int saved = tmp ? PYBONSAI_DUP(2) : -1;
+    if (saved < 0) {  // cannot redirect: run without capturing
+        if (tmp) std::fclose(tmp);
+        fn();
+        return {};
+    }
+    std::fflush(stderr);
+    PYBONSAI_DUP2(PYBONSAI_FILENO(tmp), 2);
+    auto restore = [&] {
+        std::fflush(stderr);
+        PYBONSAI_DUP2(saved, 2);
+        PYBONSAI_CLOSE(saved);
+    };
+    try {
+        fn();
+    } catch (...) {
+        restore();
+        std::fclose(tmp);
+        throw;
+    }
+    restore();
+    std::string out;
+    std::rewind(tmp);
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, tmp)) > 0 && out.size() < (1u << 20)) out.append(buf, n);
+    std::fclose(tmp);
+    if (g_verbose.load(std::memory_order_relaxed) && !out.empty()) std::fputs(out.c_str(), stderr);
+    return out;
 }
 
 void init_log(py::module_ & m) {

@@ -15,6 +15,7 @@ PYBIND11_MODULE(_core, m) {
     init_context(m);
     init_sampler(m);
     init_gguf(m);
+    init_json_schema(m);
 #ifdef PYBONSAI_LLAMA_CPP_COMMIT
     m.attr("LLAMA_CPP_COMMIT") = PYBONSAI_LLAMA_CPP_COMMIT;
 #endif

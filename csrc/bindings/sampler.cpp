@@ -1,8 +1,13 @@
-// Sampler: llama.cpp's sampler chain, built stage by stage from Python (pybonsai.sampling).
+// Sampler: llama.cpp's sampler chain, built stage by stage from Python (pybonsai.sampling), with
+// an optional grammar (llama.cpp's GBNF sampler) that masks the logits before the chain runs.
 #include "core.h"
 #include "model.h"
 
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
 #include <cmath>
+#include <vector>
 
 namespace pybonsai {
 
@@ -17,7 +22,10 @@ public:
         p.no_perf = true;
         chain_ = llama_sampler_chain_init(p);
     }
-    ~Sampler() { llama_sampler_free(chain_); }
+    ~Sampler() {
+        llama_sampler_free(chain_);
+        if (grammar_) llama_sampler_free(grammar_);
+    }
     Sampler(const Sampler &) = delete;
     Sampler & operator=(const Sampler &) = delete;
 
@@ -32,14 +40,131 @@ public:
         }
     }
 
+    // The parser reports details on stderr and a summary in llama.cpp's log: quote both.
+    // With triggers the grammar is lazy: it constrains from the first trigger token, or from the
+    // first capture group of a trigger pattern (a regex matched against all the generated text).
+    void set_grammar(const Model & model, const std::string & gbnf, const std::string & root,
+                     const std::vector<llama_token> & triggers, const std::vector<std::string> & patterns) {
+        if (grammar_) throw py::value_error("this sampler already has a grammar");
+        for (llama_token t : triggers) model.check_token(t);
+        take_log();
+        llama_sampler * g = nullptr;
+        std::string parser = capture_stderr([&] {
+            std::vector<const char *> pats;
+            for (auto & p : patterns) pats.push_back(p.c_str());
+            g = triggers.empty() && patterns.empty()
+                ? llama_sampler_init_grammar(model.vocab(), gbnf.c_str(), root.c_str())
+                : llama_sampler_init_grammar_lazy_patterns(model.vocab(), gbnf.c_str(), root.c_str(), pats.data(),
+                                                           pats.size(), triggers.data(), triggers.size());
+        });
+        std::string log = take_log();
+        if (!g) {
+            std::string why = parser.empty() ? log : parser + (log.empty() ? "" : "\n" + log);
+            throw py::value_error("invalid grammar: " + (why.empty() ? std::string("rejected by llama.cpp") : why));
+        }
+        grammar_ = g;
+        lazy_ = !(triggers.empty() && patterns.empty());
+        model_ = model.shared();
+    }
+
+    void add_logit_bias(const Model & model, const std::vector<std::pair<llama_token, float>> & bias) {
+        std::vector<llama_logit_bias> b;
+        for (auto & [t, v] : bias) {
+            model.check_token(t);
+            if (std::isnan(v)) throw py::value_error("logit_bias values must be numbers, got NaN");
+            b.push_back({t, v});
+        }
+        add(llama_sampler_init_logit_bias(model.n_vocab(), (int32_t) b.size(), b.data()));
+    }
+
     llama_token sample(py::handle context, int idx) {
-        auto fn = [](void * chain, llama_context * ctx, int32_t i) {
-            return llama_sampler_sample(static_cast<llama_sampler *>(chain), ctx, i);
+        if (!grammar_) {
+            auto fn = [](void * chain, llama_context * ctx, int32_t i) {
+                return llama_sampler_sample(static_cast<llama_sampler *>(chain), ctx, i);
+            };
+            return sample_from(context, idx, fn, chain_);
+        }
+        auto fn = [](void * self, llama_context * ctx, int32_t i) {
+            auto * s = static_cast<Sampler *>(self);
+            const float * logits = llama_get_logits_ith(ctx, i);
+            if (!logits) throw LlamaError(with_log("no logits for batch position " + std::to_string(i)));
+            return s->pick(logits, llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx))));
         };
-        return sample_from(context, idx, fn, chain_);
+        return sample_from(context, idx, fn, this);
+    }
+
+    // Sample from logits the caller computed (e.g. changed by a logits processor).
+    llama_token sample_logits(const Model & model, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+        if (logits.ndim() != 1 || logits.shape(0) != model.n_vocab()) {
+            throw py::value_error("logits must have shape (n_vocab,) = (" + std::to_string(model.n_vocab()) + ",)");
+        }
+        return pick(logits.data(), model.n_vocab());
+    }
+
+    void accept_history(llama_token t) { llama_sampler_accept(chain_, t); }
+
+    void reset() {
+        llama_sampler_reset(chain_);
+        if (grammar_) llama_sampler_reset(grammar_);
     }
 
     llama_sampler * chain_;
+
+private:
+    // Grammar mask, then the chain; the token is accepted by both (llama_sampler_sample's steps).
+    // As llama.cpp's common sampler does, the chain first picks without the grammar and the full
+    // mask (slow: every token of the vocabulary is checked) runs only if the grammar rejects it.
+    llama_token pick(const float * logits, int n_vocab) {
+        llama_token_data_array arr = fill(logits, n_vocab);
+        if (grammar_) {
+            llama_sampler_apply(chain_, &arr);
+            llama_token token = selected(arr);
+            llama_token_data one = {token, 0.0f, 0.0f};
+            llama_token_data_array single = {&one, 1, -1, false};
+            llama_sampler_apply(grammar_, &single);
+            if (std::isfinite(one.logit)) return accept(token);
+            arr = fill(logits, n_vocab);
+            llama_sampler_apply(grammar_, &arr);
+            bool any = false;
+            for (size_t i = 0; i < arr.size && !any; i++) any = std::isfinite(arr.data[i].logit);
+            if (!any) throw py::value_error("the grammar allows no token here (is every rule reachable by text?)");
+        }
+        llama_sampler_apply(chain_, &arr);
+        return accept(selected(arr));
+    }
+
+    llama_token_data_array fill(const float * logits, int n_vocab) {
+        cur_.resize(n_vocab);
+        for (llama_token t = 0; t < n_vocab; t++) cur_[t] = {t, logits[t], 0.0f};
+        return {cur_.data(), cur_.size(), -1, false};
+    }
+
+    static llama_token selected(const llama_token_data_array & arr) {
+        if (arr.selected < 0 || (size_t) arr.selected >= arr.size) throw LlamaError("the sampler chain selected no token");
+        return arr.data[arr.selected].id;
+    }
+
+    llama_token accept(llama_token token) {
+        if (grammar_) {
+            try {
+                llama_sampler_accept(grammar_, token);
+            } catch (const std::exception &) {
+                // A lazy grammar fed text that was already generated when its trigger matched
+                // (e.g. a token running past "<tool_call>"): it cannot constrain from there, so
+                // the rest is unconstrained (and fails to parse as a call, as it would have).
+                if (!lazy_) throw;
+                llama_sampler_free(grammar_);
+                grammar_ = nullptr;
+            }
+        }
+        llama_sampler_accept(chain_, token);
+        return token;
+    }
+
+    llama_sampler * grammar_ = nullptr;
+    bool lazy_ = false;
+    ModelPtr model_;  // the grammar keeps a pointer to the vocabulary
+    std::vector<llama_token_data> cur_;
 };
 
 }  // namespace
@@ -89,8 +214,15 @@ void init_sampler(py::module_ & m) {
         }, py::arg("model"), py::arg("last_n"), py::arg("repeat"), py::arg("freq") = 0.0f, py::arg("present") = 0.0f)
         .def("sample", &Sampler::sample, py::arg("context"), py::arg("idx") = -1,
              "Pick a token from row `idx` of the context's last logits (and accept it).")
-        .def("accept", [](Sampler & s, llama_token t) { llama_sampler_accept(s.chain_, t); }, py::arg("token"))
-        .def("reset", [](Sampler & s) { llama_sampler_reset(s.chain_); })
+        .def("set_grammar", &Sampler::set_grammar, py::arg("model"), py::arg("gbnf"), py::arg("root") = "root",
+             py::arg("trigger_tokens") = std::vector<llama_token>(), py::arg("trigger_patterns") = std::vector<std::string>(),
+             "Constrain sampling by a GBNF grammar (applied before the chain); ValueError quoting the parser if invalid.")
+        .def("add_logit_bias", &Sampler::add_logit_bias, py::arg("model"), py::arg("bias"),
+             "Add (token, bias) pairs to the logits.")
+        .def("sample_logits", &Sampler::sample_logits, py::arg("model"), py::arg("logits"),
+             "Pick a token from the given logits (n_vocab floats) and accept it.")
+        .def("accept", &Sampler::accept_history, py::arg("token"), "Feed a token to the chain (not the grammar): penalty history.")
+        .def("reset", &Sampler::reset)
         .def_property_readonly("n_stages", [](const Sampler & s) { return llama_sampler_chain_n(s.chain_); });
 }
 

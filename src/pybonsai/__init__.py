@@ -3,7 +3,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["Llama", "Engine", "LlamaState", "LlamaRAMCache", "LlamaDiskCache", "LlamaCache",
-           "UnsupportedParameterWarning", "CancelledError", "system_info", "__version__"]
+           "UnsupportedParameterWarning", "CancelledError",
+           "LlamaGrammar", "LogitsProcessorList", "StoppingCriteriaList", "system_info", "__version__"]
 _LAZY = {"LlamaState": "state", "LlamaRAMCache": "llama_cache", "LlamaDiskCache": "llama_cache",
          "LlamaCache": "llama_cache", "BaseLlamaCache": "llama_cache", "UnsupportedParameterWarning": "compat"}
 
@@ -20,6 +21,12 @@ def __getattr__(name: str):
     if name == "CancelledError":  # raised by work stopped with Llama.cancel()
         from ._core import CancelledError
         return CancelledError
+    if name == "LlamaGrammar":
+        from .grammar import LlamaGrammar
+        return LlamaGrammar
+    if name in ("LogitsProcessorList", "StoppingCriteriaList"):
+        from . import logits
+        return getattr(logits, name)
     if name == "system_info":
         from .backends import system_info
         return system_info

@@ -16,7 +16,11 @@ import numpy as np
 
 from . import llama_cache
 from .chat import ChatTemplate
+from .chat_output import ChatOutput
 from .compat import ignored_sampling_args, pending_feature_args
+from .grammar import grammar_text
+from .logits import StoppingCriteria
+from .structured import chat_constraints
 from .text import TextAssembler
 from .types import new_id, now
 
@@ -201,12 +205,16 @@ def _generate_text(llm: "Llama", job: "CompletionJob", usage: _Usage) -> Iterato
         yield stream.finish()
         return
     llama_cache.restore_longest_prefix(llm, job.prompt_tokens)
-    generator = llm.generate(job.prompt_tokens, **job.sampling)
+    generator = llm.generate(job.prompt_tokens, **job.sampling, grammar=job.grammar, logit_bias=job.logit_bias,
+                             logits_processor=job.logits_processor)
     try:
         for token in generator:
             step = stream.push(token, lambda: llm.last_logits)
             if step is not None:
                 yield step
+            if not stream.done and job.stopping_criteria is not None and job.stopping_criteria(
+                    np.append(llm.input_ids[:llm.n_tokens], np.intc(token)), llm.last_logits):
+                yield stream.finish("stop")
             if stream.done:
                 return
     finally:
@@ -276,6 +284,16 @@ class CompletionJob:
     suffix: str = ""
     prompt_chars: int = 0             # text_offset counts from the prompt's start (llama-cpp-python, OpenAI)
     echoed: Optional[_Step] = None    # echo=True + logprobs: the prompt tokens' logprobs
+    # Constraints and hooks (pybonsai.grammar, pybonsai.logits); the chat output's parsing.
+    grammar: Optional[tuple] = None
+    logit_bias: Optional[dict] = None
+    logits_processor: Optional[Callable] = None
+    stopping_criteria: Optional[StoppingCriteria] = None
+    reasoning: bool = False
+    tool_names: frozenset = frozenset()
+
+    def chat_output(self) -> ChatOutput:
+        return ChatOutput(reasoning=self.reasoning, tool_names=self.tool_names)
 
     def text_stream(self, llm: "Llama", n_ctx: int, usage: _Usage) -> TokenTextStream:
         return TokenTextStream(llm, len(self.prompt_tokens), n_ctx, usage, max_tokens=self.max_tokens,
@@ -285,7 +303,7 @@ class CompletionJob:
         """The whole Completion / ChatCompletion dict."""
         finish = steps[-1].finish_reason if steps else None
         if self.chat:
-            message = {"role": "assistant", "content": "".join(s.text for s in steps)}
+            message, finish = self.chat_output().message([s.text for s in steps], finish)
             choice = {"index": 0, "message": message, "finish_reason": finish,
                       "logprobs": _chat_logprobs(steps) if self.logprobs is not None else None}
             return {**self.head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
@@ -349,7 +367,7 @@ class _CompletionChunks(_ChunkFormatter):
 
 class _ChatChunks(_ChunkFormatter):
     def __init__(self, job: CompletionJob):
-        self.job = job
+        self.job, self.output = job, job.chat_output()
 
     def _chunk(self, delta: dict, finish: Optional[str], logprobs: Optional[dict] = None) -> dict:
         return {**self.job.head, "object": "chat.completion.chunk",
@@ -361,10 +379,15 @@ class _ChatChunks(_ChunkFormatter):
     def step(self, step: _Step) -> list[dict]:
         out = []
         with_logprobs = self.job.logprobs is not None
-        if step.text or (with_logprobs and step.tokens):
-            out.append(self._chunk({"content": step.text}, None, _chat_logprobs([step]) if with_logprobs else None))
+        deltas = self.output.feed(step.text)
+        if with_logprobs and step.tokens:  # logprobs ride on the step's first delta
+            deltas = deltas or [{"content": ""}]
+        for i, delta in enumerate(deltas):
+            out.append(self._chunk(delta, None, _chat_logprobs([step]) if with_logprobs and i == 0 else None))
         if step.finish_reason:
-            out.append(self._chunk({}, step.finish_reason))
+            final, finish = self.output.final_deltas(step.finish_reason)
+            out += [self._chunk(delta, None) for delta in final]
+            out.append(self._chunk({}, finish))
         return out
 
 
@@ -400,8 +423,6 @@ def completion_job(
     """Validate llama-cpp-python's create_completion arguments (its positional order and
     defaults) for a context of `n_ctx` tokens."""
     _check_logprobs("logprobs", logprobs)
-    _pending(stopping_criteria=stopping_criteria, logits_processor=logits_processor, grammar=grammar,
-             logit_bias=logit_bias)
     tokens = _prompt_tokens(llm, prompt, n_ctx)
     head = {"id": new_id("cmpl"), "created": now(), "model": model or llm.model_path}
     prompt_text = prompt if isinstance(prompt, str) else llm.detokenize(tokens).decode("utf-8", errors="replace")
@@ -410,7 +431,9 @@ def completion_job(
                          suffix=suffix or "", prompt_chars=len(prompt_text),
                          sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty,
                                             presence_penalty, seed, typical_p, tfs_z, mirostat_mode,
-                                            mirostat_tau, mirostat_eta))
+                                            mirostat_tau, mirostat_eta),
+                         grammar=grammar_text(grammar), logit_bias=logit_bias, logits_processor=logits_processor,
+                         stopping_criteria=stopping_criteria)
 
 
 def _public_signature(job_factory: Callable) -> inspect.Signature:
@@ -464,15 +487,27 @@ def chat_completion_job(
     # pybonsai's own
     enable_thinking: Optional[bool] = None,
     chat_template_kwargs: Optional[dict[str, Any]] = None,
+    parallel_tool_calls: bool = True,
+    reasoning_format: Optional[str] = None,
+    stopping_criteria: Optional[StoppingCriteria] = None,
 ) -> CompletionJob:
     """Validate llama-cpp-python's create_chat_completion arguments (its positional order and
     defaults); render the chat template. logprobs=True adds each token's logprob and its
-    `top_logprobs` most likely alternatives, in OpenAI's chat shape."""
-    _pending(functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice,
-             response_format=response_format, logits_processor=logits_processor, grammar=grammar,
-             logit_bias=logit_bias)
+    `top_logprobs` most likely alternatives, in OpenAI's chat shape.
+
+    `response_format` ({"type": "json_object"} or {"type": "json_schema", ...}) or `grammar`
+    constrain the answer; `tools`/`tool_choice` as OpenAI's (calls come back as message.tool_calls);
+    reasoning_format="deepseek" returns Qwen3's <think> block as `reasoning_content` (default:
+    it stays in `content`)."""
+    _pending(functions=functions, function_call=function_call)
     _check_logprobs("top_logprobs", top_logprobs)
-    prompt = render_chat_prompt(llm, messages, enable_thinking, chat_template_kwargs)
+    kwargs = dict(chat_template_kwargs or {})
+    if enable_thinking is not None:
+        kwargs["enable_thinking"] = enable_thinking
+    plan = chat_constraints(llm, kwargs, response_format=response_format, tools=tools, tool_choice=tool_choice,
+                            parallel_tool_calls=parallel_tool_calls, reasoning_format=reasoning_format,
+                            grammar=grammar)
+    prompt = render_chat_prompt(llm, messages, None, kwargs, tools=plan.tools)
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     _check_fits(tokens, n_ctx)
     head = {"id": new_id("chatcmpl"), "created": now(), "model": model or llm.model_path}
@@ -480,7 +515,9 @@ def chat_completion_job(
                          logprobs=(top_logprobs or 0) if logprobs else None, head=head, stream=stream,
                          sampling=_sampling(temperature, top_p, min_p, top_k, repeat_penalty, frequency_penalty,
                                             presence_penalty, seed, typical_p, tfs_z, mirostat_mode,
-                                            mirostat_tau, mirostat_eta))
+                                            mirostat_tau, mirostat_eta),
+                         grammar=plan.grammar, logit_bias=logit_bias, logits_processor=logits_processor,
+                         stopping_criteria=stopping_criteria, reasoning=plan.reasoning, tool_names=plan.names)
 
 
 def create_chat_completion(llm: "Llama", messages: Sequence[dict], *args: Any, **kwargs: Any):
@@ -495,7 +532,8 @@ create_chat_completion.__signature__ = _public_signature(chat_completion_job)  #
 
 
 def render_chat_prompt(llm: "Llama", messages: Sequence[dict], enable_thinking: Optional[bool] = None,
-                       chat_template_kwargs: Optional[dict[str, Any]] = None) -> str:
+                       chat_template_kwargs: Optional[dict[str, Any]] = None,
+                       tools: Optional[Sequence[dict]] = None) -> str:
     """The prompt text for `messages`, from the model's chat template."""
     source = llm.chat_template
     if not source:
@@ -509,4 +547,4 @@ def render_chat_prompt(llm: "Llama", messages: Sequence[dict], enable_thinking: 
     # OpenAI clients send an assistant turn with tool_calls and content None; templates want text.
     messages = [dict(m, content="") if isinstance(m, dict) and m.get("role") == "assistant"
                 and m.get("content") is None else m for m in messages]
-    return template.render(messages, add_generation_prompt=True, **kwargs)
+    return template.render(messages, add_generation_prompt=True, tools=tools, **kwargs)

@@ -14,6 +14,8 @@ import numpy as np
 from . import _core, backends, compat, completions, embeddings, gpu, kv_cache, state
 from .llama_cache import BaseLlamaCache
 from .gguf_file import check_gguf_path, mmap_compatible
+from .grammar import grammar_text
+from .logits import check_logit_bias, run_logits_processor
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 
@@ -371,7 +373,7 @@ class Llama:
 
     def _sampler_for(self, *, top_k, top_p, min_p, typical_p, temp, repeat_penalty, frequency_penalty,
                      presence_penalty, tfs_z, mirostat_mode, mirostat_tau, mirostat_eta, penalize_nl,
-                     seed=None, repeat_last_n=None):
+                     seed=None, repeat_last_n=None, grammar=None, logit_bias=None):
         """A sampler chain for llama-cpp-python's sampling arguments (those llama.cpp dropped warn)."""
         compat.ignored_sampling_args(tfs_z=tfs_z, penalize_nl=penalize_nl, stacklevel=4)
         last_n = self.last_n_tokens_size if repeat_last_n is None else repeat_last_n
@@ -382,7 +384,8 @@ class Llama:
                                 mirostat_eta=mirostat_eta, seed=seed)
         if params.repeat_last_n > self.n_ctx():
             params = dataclasses.replace(params, repeat_last_n=self.n_ctx())
-        return params, build_sampler(self.model, params, resolve_seed(seed, self.seed))
+        return params, build_sampler(self.model, params, resolve_seed(seed, self.seed), grammar=grammar_text(grammar),
+                                     logit_bias=check_logit_bias(logit_bias, self.n_vocab()))
 
     def sample(
         self,
@@ -408,14 +411,11 @@ class Llama:
         evaluated tokens."""
         if self.n_tokens == 0:
             raise RuntimeError("sample() needs evaluated tokens: call eval() first")
-        compat.pending_feature_args({name: "structured output / logits processors" for name, value in
-                                     (("logits_processor", logits_processor), ("grammar", grammar))
-                                     if value is not None})
         params, sampler = self._sampler_for(
             top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, tfs_z=tfs_z,
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
-            penalize_nl=penalize_nl)
+            penalize_nl=penalize_nl, grammar=grammar)
         if idx is None and self.ctx.n_outputs == 0:
             # No live logits (a restored state): evaluate the last token again to get them.
             last = int(self.input_ids[self.n_tokens - 1])
@@ -423,6 +423,10 @@ class Llama:
             self.eval([last])
         upto = self.n_tokens if idx is None else idx + 1
         prime_penalties(sampler, params, [int(t) for t in self.input_ids[:upto]])
+        if logits_processor is not None:
+            logits = self.scores[idx] if idx is not None and self.logits_all else self.last_logits
+            scores = run_logits_processor(logits_processor, self.input_ids[:upto], logits)
+            return sampler.sample_logits(self.model, scores)
         return sampler.sample(self.ctx, -1 if idx is None else idx - self.n_tokens)
 
     def generate(
@@ -448,20 +452,21 @@ class Llama:
         # pybonsai's own
         seed: Optional[int] = None,
         repeat_last_n: Optional[int] = None,
+        logit_bias: Optional[dict] = None,
     ) -> Generator[int, Optional[Sequence[int]], None]:
         """Evaluate `tokens`, then yield sampled token ids forever (the caller stops). Tokens
         passed to the generator's send() are evaluated after the sampled one, as in llama-cpp-python.
 
         With reset=True the context keeps only the prefix it shares with `tokens`. Penalties see
-        the last `repeat_last_n` (default: Llama(last_n_tokens_size=)) tokens."""
-        compat.pending_feature_args({name: "structured output / logits processors" for name, value in
-                                     (("logits_processor", logits_processor), ("stopping_criteria", stopping_criteria),
-                                      ("grammar", grammar)) if value is not None})
+        the last `repeat_last_n` (default: Llama(last_n_tokens_size=)) tokens. `grammar` (GBNF text
+        or a LlamaGrammar) constrains every token; `logit_bias` maps token ids to added logits;
+        `logits_processor(input_ids, scores) -> scores` may rewrite the logits;
+        `stopping_criteria(input_ids, logits) -> bool` (input_ids with the new token) ends it."""
         params, sampler = self._sampler_for(
             top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, tfs_z=tfs_z,
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
-            penalize_nl=penalize_nl, seed=seed, repeat_last_n=repeat_last_n)
+            penalize_nl=penalize_nl, seed=seed, repeat_last_n=repeat_last_n, grammar=grammar, logit_bias=logit_bias)
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("generate() needs at least one token")
@@ -482,7 +487,15 @@ class Llama:
                 finally:
                     self._inside.generating = False
                 self._owner = me
-                token = sampler.sample(self.ctx, -1)
+                if logits_processor is None:
+                    token = sampler.sample(self.ctx, -1)
+                else:
+                    scores = run_logits_processor(logits_processor, self.input_ids[:self.n_tokens],
+                                                  self.last_logits)
+                    token = sampler.sample_logits(self.model, scores)
+                if stopping_criteria is not None and stopping_criteria(
+                        np.append(self.input_ids[:self.n_tokens], np.intc(token)), self.last_logits):
+                    return
             sent = yield token
             pending = [token]
             if sent is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 from . import _core
 
@@ -78,14 +78,20 @@ def resolve_seed(call_seed: Optional[int], model_seed: int) -> int:
     return random.getrandbits(32)
 
 
-def build_sampler(model: "_core.Model", params: SamplingParams, seed: int) -> "_core.Sampler":
-    """Penalties, then (as llama-cpp-python) greedy for temperature 0, a plain draw from the
+def build_sampler(model: "_core.Model", params: SamplingParams, seed: int, grammar: Optional[tuple] = None,
+                  logit_bias: Optional[Mapping[int, float]] = None) -> "_core.Sampler":
+    """Grammar mask (if any; it runs apart from the chain and never sees prime_penalties'
+    history), penalties, logit bias, then (as llama-cpp-python) greedy for temperature 0, a plain draw from the
     whole distribution for a negative temperature, mirostat 1/2 if asked, else
     top-k -> typical -> top-p -> min-p -> temperature -> seeded draw."""
     chain = _core.Sampler()
+    if grammar is not None:
+        chain.set_grammar(model, *grammar)  # (text, root[, lazy trigger tokens, trigger patterns])
     if params.penalized:
         chain.add_penalties(model, params.repeat_last_n, params.repeat_penalty,
                             params.frequency_penalty, params.presence_penalty)
+    if logit_bias:
+        chain.add_logit_bias(model, list(logit_bias.items()))
     if params.greedy:
         chain.add_greedy()
         return chain
