@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 from . import _core, completions, kv_cache
 from .completions import CompletionJob, TokenTextStream, _Step, _Usage
 from .llama import Llama, _default_threads
+from .logits import check_logit_bias
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 __all__ = ["Engine", "EngineClosed", "QueueFull", "RequestHandle"]
@@ -168,7 +169,10 @@ class Engine:
         sampling = dict(job.sampling)
         seed = resolve_seed(sampling.pop("seed"), self.llm.seed)
         params = SamplingParams(temperature=sampling.pop("temp"), seed=seed, **sampling)
-        sampler = build_sampler(self._model, params, seed)
+        if job.logits_processor is not None or job.stopping_criteria is not None:
+            raise ValueError("logits_processor and stopping_criteria run only with Llama, not in the Engine")
+        sampler = build_sampler(self._model, params, seed, grammar=job.grammar,
+                                logit_bias=check_logit_bias(job.logit_bias, self._model.n_vocab))
         prime_penalties(sampler, params, job.prompt_tokens)
         handle = RequestHandle(job, sink)
         handle._sampler = sampler

@@ -55,10 +55,15 @@ _COMMON = {
     "n": ((int,), "an integer"),
     "stream_options": ((dict,), "an object"),
 }
-_COMPLETION = {**_COMMON, "prompt": ((str, list), "a string or a list of token ids"),
+# Structured output (pybonsai.structured): `grammar` is llama.cpp server's GBNF field.
+_CONSTRAINTS = {"logit_bias": ((dict,), "an object"), "grammar": ((str,), "a string")}
+_COMPLETION = {**_COMMON, **_CONSTRAINTS, "prompt": ((str, list), "a string or a list of token ids"),
                "suffix": ((str,), "a string"), "echo": ((bool,), "a boolean"),
                "logprobs": ((int,), "an integer")}
-_CHAT = {**_COMMON, "messages": ((list,), "a list of messages"),
+_CHAT = {**_COMMON, **_CONSTRAINTS, "messages": ((list,), "a list of messages"),
+         "response_format": ((dict,), "an object"), "tools": ((list,), "a list of tools"),
+         "tool_choice": ((str, dict), "a string or an object"), "parallel_tool_calls": ((bool,), "a boolean"),
+         "reasoning_format": ((str,), "a string"),
          "max_completion_tokens": ((int,), "an integer"),
          "chat_template_kwargs": ((dict,), "an object"), "logprobs": ((bool,), "a boolean")}
 
@@ -142,10 +147,9 @@ def completion_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, A
 
 def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -> CompletionJob:
     fields = _typed(body, _CHAT)
-    for name in ("tools", "functions", "response_format", "tool_choice", "logit_bias"):
-        value = body.get(name)
-        if value and not (name == "response_format" and isinstance(value, dict) and value.get("type") == "text"):
-            raise APIError(400, f"'{name}' is not supported by this server yet", param=name,
+    for name in ("functions", "function_call"):  # OpenAI's deprecated forms of tools / tool_choice
+        if body.get(name):
+            raise APIError(400, f"'{name}' is not supported: use 'tools' / 'tool_choice'", param=name,
                            code="unsupported_parameter")
     if fields.pop("logprobs", False):
         raise APIError(400, "logprobs are not supported for chat completions yet", param="logprobs",
