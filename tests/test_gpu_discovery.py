@@ -445,7 +445,7 @@ def test_plugin_cmake_configure(tmp_path, llama_cpp_dir):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     log = result.stdout
-    assert "Using CMAKE_CUDA_ARCHITECTURES=75-real;80-real;86-real;89-real;90-real;120a-real;90-virtual" in log
+    assert "Using CMAKE_CUDA_ARCHITECTURES=75-real;80-real;90-real;120a-real" in log
     rules = next(p for p in (build / "build.ninja", build / "Makefile") if p.exists())
     assert "ggml-cuda" in rules.read_text(errors="replace")
     info = (build / "plugin" / "__init__.py").read_text()
