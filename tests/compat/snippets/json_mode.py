@@ -13,4 +13,10 @@ response = llm.create_chat_completion(
     max_tokens=64,
 )
 check_chat_completion(response)
-json.loads(response["choices"][0]["message"]["content"])
+choice = response["choices"][0]
+# The test model has random weights: its JSON string may still be open when max_tokens runs out.
+# A finished answer must parse; a cut one must at least be a JSON object's beginning.
+if choice["finish_reason"] == "stop":
+    json.loads(choice["message"]["content"])
+else:
+    assert choice["finish_reason"] == "length" and choice["message"]["content"].startswith("{")
