@@ -48,7 +48,8 @@ def server_commands(args, model: Path) -> dict[str, list[str]]:
                          "--cache-ram", "0", "--no-webui"],
         "llama-cpp-python": [args.lcp_python, "-m", "llama_cpp.server", "--model", str(model), "--n_threads",
                              str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", ctx,
-                             "--model_alias", "m"],
+                             "--model_alias", "m", "--interrupt_requests", "False"],  # default: a new request
+                             # cancels the one streaming, which would end the other clients' streams early
     }
     return {name: cmds[name] for name in args.servers}
 

@@ -75,39 +75,44 @@ _RUNNER = textwrap.dedent("""
     import numpy as np
     from pybonsai import Llama
 
-    def kernel_name():
+    def kernel_info():
         for line in open("/proc/self/maps"):
             path = line.split()[-1]
             if "ggml-cpu" in path and path.endswith(".so"):
                 try:
-                    fn = ctypes.CDLL(path).pybonsai_q1_0_kernel_name
+                    lib = ctypes.CDLL(path)
+                    name, lut = lib.pybonsai_q1_0_kernel_name, lib.pybonsai_q1_0_lut_max_tokens
                 except (OSError, AttributeError):
                     continue
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-        return None
+                name.restype = ctypes.c_char_p
+                return name().decode(), lut()
+        return None, 0
 
     model, out, n_threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     llm = Llama(model, n_ctx=128, n_batch=64, logits_all=True, n_threads=n_threads)
     rng = np.random.default_rng(1)
-    toks = [int(t) for t in rng.integers(100, 20000, size=40)]
+    toks = [int(t) for t in rng.integers(100, 20000, size=43)]
     llm.eval(toks[:32])            # one batch: the GEMM path
-    for t in toks[32:]:            # single tokens: the GEMV path
+    for t in toks[32:40]:          # single tokens: the GEMV path
         llm.eval([t])
+    llm.eval(toks[40:43])          # 3 tokens: the table path's multi-token tiles (2 + 1)
     np.save(out, llm.scores[:len(toks)])
-    print(json.dumps({"kernel": kernel_name()}))
+    name, lut = kernel_info()
+    print(json.dumps({"kernel": name, "lut_max_tokens": lut}))
 """)
 
 
-def _run_logits(model: Path, out: Path, kernel: str | None, n_threads: int) -> str | None:
+def _run_logits(model: Path, out: Path, kernel: str | None, n_threads: int, **extra_env: str) -> dict:
     env = dict(os.environ)
     env.pop("PYBONSAI_Q1_KERNEL", None)
+    env.pop("PYBONSAI_Q1_LUT_MAX", None)
     if kernel:
         env["PYBONSAI_Q1_KERNEL"] = kernel
+    env.update(extra_env)
     res = subprocess.run([sys.executable, "-c", _RUNNER, str(model), str(out), str(n_threads)],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])["kernel"]
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -121,8 +126,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def test_logits_match_upstream(tiny_model_path: Path, tmp_path: Path, kernel: str | None, n_threads: int) -> None:
     ref = tmp_path / "upstream.npy"
     ours = tmp_path / "ours.npy"
-    name_ref = _run_logits(tiny_model_path, ref, "upstream", n_threads)
-    name = _run_logits(tiny_model_path, ours, kernel, n_threads)
+    name_ref = _run_logits(tiny_model_path, ref, "upstream", n_threads)["kernel"]
+    name = _run_logits(tiny_model_path, ours, kernel, n_threads)["kernel"]
     if name is None:
         pytest.fail("pybonsai_q1_0_kernel_name not found in the loaded ggml-cpu library: "
                     "our kernels are not compiled in (vendor/patches + PYBONSAI_CPU_KERNELS_DIR)")
@@ -136,3 +141,33 @@ def test_logits_match_upstream(tiny_model_path: Path, tmp_path: Path, kernel: st
     print(f"{name}: mean KL {kl.mean():.2e}, max KL {kl.max():.2e}, top-1 agreement {agree:.3f}")
     assert kl.mean() <= 1e-3
     assert agree >= 0.98
+
+
+def _cpu_has_vbmi() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512vbmi " in f.read().replace("\n", " ")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_table_path_matches_multiply_path(tiny_model_path: Path, tmp_path: Path, n_threads: int) -> None:
+    """Decode steps (1-3 tokens) on the table path give the multiply path's logits bit for bit."""
+    lut, mul = tmp_path / "lut.npy", tmp_path / "mul.npy"
+    info = _run_logits(tiny_model_path, lut, None, n_threads)
+    info_mul = _run_logits(tiny_model_path, mul, None, n_threads, PYBONSAI_Q1_LUT_MAX="0")
+    assert info_mul["lut_max_tokens"] == 0
+    if info["kernel"] != "avx512" or not _cpu_has_vbmi():
+        pytest.skip(f"the table path needs AVX-512 VBMI (this CPU runs {info['kernel']})")
+    assert info["lut_max_tokens"] >= 3
+    np.testing.assert_array_equal(np.load(lut), np.load(mul))
+
+
+def test_lut_max_env_is_checked(tiny_model_path: Path, tmp_path: Path) -> None:
+    """A malformed PYBONSAI_Q1_LUT_MAX is reported on stderr and the default is used."""
+    env = dict(os.environ, PYBONSAI_Q1_LUT_MAX="lots")
+    res = subprocess.run([sys.executable, "-c", _RUNNER, str(tiny_model_path), str(tmp_path / "x.npy"), "1"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "PYBONSAI_Q1_LUT_MAX=lots" in res.stderr

@@ -175,3 +175,26 @@ def test_closed_model_raises(tiny_model_path):
 def test_bad_sampling_arguments_are_value_errors(llm, bad):
     with pytest.raises(ValueError):
         llm.create_completion(PROMPT, max_tokens=2, **bad)
+
+
+def test_scores_are_copied_out_only_when_read(tiny_model_path):
+    """Without logits_all, eval() leaves the logits in llama.cpp (sampling happens there);
+    `scores` / `last_logits` copy them when read, and always show the last evaluated token's."""
+    with Llama(tiny_model_path, n_ctx=64, logits_all=True) as every, Llama(tiny_model_path, n_ctx=64) as last:
+        tokens = every.tokenize(b"one two three four five six")
+        every.eval(tokens)
+        last.eval(tokens[:3])
+        assert last._scores_live  # nothing copied yet
+        np.testing.assert_allclose(last.scores[0], every.scores[2], rtol=1e-4, atol=1e-4)
+        assert not last._scores_live
+        for t in tokens[3:]:  # single tokens: each replaces the previous row, read only at the end
+            last.eval([t])
+        np.testing.assert_allclose(last.last_logits, every.scores[len(tokens) - 1], rtol=1e-4, atol=1e-4)
+        kept = last.scores[0].copy()
+        last.reset()  # the context's logits may change after this: scores keep their last copy
+        np.testing.assert_array_equal(last.scores[0], kept)
+        last.create_completion("one two", max_tokens=4, temperature=0)
+        seen = [int(t) for t in last.input_ids[:last.n_tokens]]
+        every.reset()
+        every.eval(seen)
+        np.testing.assert_allclose(last.last_logits, every.scores[len(seen) - 1], rtol=1e-4, atol=1e-4)

@@ -189,8 +189,28 @@ class Llama:
         if lora_file is not None:
             self._ctx.set_lora(lora_file, float(lora_scale))
         self.input_ids = np.zeros(self._ctx.n_ctx, dtype=np.int32)
-        # Every evaluated position's logits when logits_all (as llama-cpp-python), else the last only.
-        self.scores = np.zeros((self._ctx.n_ctx if logits_all else 1, self._model.n_vocab), dtype=np.float32)
+        # Every evaluated position's logits when logits_all (as llama-cpp-python), else the last only,
+        # copied out of llama.cpp only when `scores` is read (sampling happens inside the context).
+        self._scores = np.zeros((self._ctx.n_ctx if logits_all else 1, self._model.n_vocab), dtype=np.float32)
+        self._scores_live = False  # the last decode's logits row is not yet in _scores[0]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Logits as llama-cpp-python keeps them: (n_ctx, n_vocab) rows by position with
+        logits_all, else one row, the logits after the last evaluated token."""
+        if self._scores_live:
+            self._scores_live = False
+            self.ctx.logits(out=self._scores[:1])
+        return self._scores
+
+    @scores.setter
+    def scores(self, value: np.ndarray) -> None:
+        self._scores = value
+        self._scores_live = False
+
+    def _drop_live_scores(self) -> None:
+        """The context's logits are about to change outside eval(): keep `scores` as it is."""
+        self._scores_live = False
 
     @classmethod
     def from_pretrained(cls, repo_id: str, filename: Optional[str] = None, revision: Optional[str] = None,
@@ -303,6 +323,7 @@ class Llama:
     def reset(self) -> None:
         """Forget every evaluated token (clear the KV cache)."""
         with self._lock:
+            self._drop_live_scores()
             self.ctx.memory_clear()
             self.n_tokens = 0
             self._owner = None
@@ -316,9 +337,9 @@ class Llama:
             for _ in self._eval_chunks(tokens, self.logits_all):
                 pass
 
-    def _eval_chunks(self, tokens: Sequence[int], all_logits: bool) -> Iterator[tuple[int, np.ndarray]]:
+    def _eval_chunks(self, tokens: Sequence[int], all_logits: bool) -> Iterator[tuple[int, Optional[np.ndarray]]]:
         """eval() batch by batch, yielding (first position, logits rows) of each batch: every
-        token's row when `all_logits`, else the last token's."""
+        token's rows when `all_logits`, else None (`scores` holds the last token's)."""
         tokens = [int(t) for t in tokens]
         n_ctx = self.ctx.n_ctx
         if self.n_tokens + len(tokens) > n_ctx:
@@ -333,14 +354,18 @@ class Llama:
                 pos = self.n_tokens
                 self.ctx.decode(chunk, pos, self.logits_all or all_logits, interruptible)
                 if self.logits_all:
-                    rows = self.scores[pos:pos + len(chunk)]
+                    rows = self._scores[pos:pos + len(chunk)]
                     self.ctx.logits(out=rows)
-                else:
+                elif all_logits:
                     rows = self.ctx.logits()
-                    self.scores[0] = rows[-1]
+                    self._scores[0] = rows[-1]
+                    self._scores_live = False
+                else:
+                    rows = None  # copied by `scores` if someone reads it (no per-token copy)
+                    self._scores_live = True
                 self.input_ids[pos:pos + len(chunk)] = chunk
                 self.n_tokens = pos + len(chunk)
-                yield pos, rows if all_logits else rows[-1:]
+                yield pos, rows if all_logits else None
         except BaseException:
             # A failed or interrupted decode may leave part of a batch in the KV cache: drop
             # everything past what we recorded, so the next call starts from a consistent state.

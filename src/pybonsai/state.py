@@ -215,6 +215,7 @@ def load_state(llm: "Llama", state: LlamaState) -> None:
     check_state(llm, state)
     n = state.n_tokens
     llm.n_tokens = 0  # if llama.cpp refuses, the context is empty (state_set cleared it)
+    llm._drop_live_scores()
     llm.ctx.state_set(state.llama_state)
     llm.input_ids[:n] = state.input_ids[:n]
     if llm.logits_all:

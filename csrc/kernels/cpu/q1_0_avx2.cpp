@@ -36,14 +36,14 @@ inline int hsum8i(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-void quant_avx2(const float * x, void * dst, int64_t K) {
+void quant_avx2(const float * x, void * dst, int64_t K, int64_t b0, int64_t b1) {
     const int64_t nb   = K / Q1K_QK;
     int8_t * q         = (int8_t *) dst;
     float * c1         = (float *) (q + nb * Q1K_QK);
     float * corr       = c1 + nb * 4;
     const __m256 signm = _mm256_set1_ps(-0.0f);
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         float cb = 0.0f;
         for (int c = 0; c < 4; c++) {
             const float * xs = x + b * Q1K_QK + 32 * c;
@@ -181,7 +181,7 @@ void gemm_avx2(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1,
 #pragma GCC pop_options
 
 extern "C" const q1k_kernel * q1k_kernel_avx2(void) {
-    static const q1k_kernel k = { "avx2", quant_avx2, gemm_avx2 };
+    static const q1k_kernel k = { "avx2", quant_avx2, gemm_avx2, nullptr, nullptr };
     return &k;
 }
 

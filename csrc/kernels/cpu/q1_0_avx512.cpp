@@ -29,12 +29,12 @@ namespace {
 
 typedef int32_t i32u __attribute__((aligned(1), may_alias));
 
-void quant_avx512(const float * x, void * dst, int64_t K) {
+void quant_avx512(const float * x, void * dst, int64_t K, int64_t b0, int64_t b1) {
     const int64_t nb = K / Q1K_QK;
     int8_t * q       = (int8_t *) dst;
     float * c1       = (float *) (q + nb * Q1K_QK);
     float * corr     = c1 + nb * 4;
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         float cb = 0.0f;
         for (int c = 0; c < 4; c++) {
             const float * xs  = x + b * Q1K_QK + 32 * c;
@@ -56,8 +56,11 @@ void quant_avx512(const float * x, void * dst, int64_t K) {
 }
 
 // 16 rows (one group) x NT tokens over all nb blocks; res[t] = 16 row results of token t.
+#include "q1_0_avx512_groups.h"
+
+struct multiply_path {
 template <int NT>
-inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
+static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
                  size_t act_stride, __m512 * res) {
     constexpr int NA = NT == 1 ? 2 : 1;  // int accumulators per token (dpbusd latency)
     const __m512i ones = _mm512_set1_epi8(1);
@@ -100,59 +103,20 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
                 for (int a = 1; a < NA; a++) {
                     s = _mm512_add_epi32(s, acc[t][a]);
                 }
-                const __m512 sf = _mm512_cvtepi32_ps(s);
-                const __m512 cc = _mm512_set1_ps(c1[t][b * 4 + c]);
-                bf[t]           = c == 0 ? _mm512_mul_ps(sf, cc) : _mm512_fmadd_ps(sf, cc, bf[t]);
+                bf[t] = add_subblock(bf[t], s, c1[t][b * 4 + c], c);
             }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (gscale + b * Q1K_ROWS)));
-        for (int t = 0; t < NT; t++) {
-            accf[t] = _mm512_fmadd_ps(dw, _mm512_sub_ps(bf[t], _mm512_set1_ps(corr[t][b])), accf[t]);
-        }
+        add_block<NT>(accf, bf, gscale, corr, b);
     }
     for (int t = 0; t < NT; t++) {
         res[t] = accf[t];
     }
 }
-
-template <int NT>
-inline void run_tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
-                     size_t act_stride, float * dst, size_t dst_stride, __mmask16 rows) {
-    __m512 r[NT];
-    tile<NT>(gbits, gscale, nb, act, act_stride, r);
-    for (int t = 0; t < NT; t++) {
-        _mm512_mask_storeu_ps(dst + t * dst_stride, rows, r[t]);
-    }
-}
+};
 
 void gemm_avx512(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1, const void * act,
                  size_t act_stride, int64_t ntok, float * dst, size_t dst_stride) {
-    const int64_t nb = K / Q1K_QK;
-    for (int64_t g = g0; g < g1; g++) {
-        const uint8_t *  gbits  = (const uint8_t *) w + (size_t) g * nb * Q1K_GROUP_BLOCK_BYTES;
-        const uint16_t * gscale = (const uint16_t *) (gbits + (size_t) nb * 256);
-        const int64_t    left   = nrows - g * Q1K_ROWS;
-        const __mmask16  rows   = left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1);
-        int64_t t = 0;
-        while (t < ntok) {
-            const uint8_t * a = (const uint8_t *) act + t * act_stride;
-            float *         o = dst + t * dst_stride + g * Q1K_ROWS;
-            const int64_t   n = ntok - t;
-            if (n >= 8) {
-                run_tile<8>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows);
-                t += 8;
-            } else if (n >= 4) {
-                run_tile<4>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows);
-                t += 4;
-            } else if (n >= 2) {
-                run_tile<2>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows);
-                t += 2;
-            } else {
-                run_tile<1>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows);
-                t += 1;
-            }
-        }
-    }
+    gemm_groups<multiply_path>(w, K, nrows, g0, g1, act, act_stride, ntok, dst, dst_stride);
 }
 
 }  // namespace
@@ -160,8 +124,14 @@ void gemm_avx512(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 
+extern "C" q1k_lut_fn q1k_lut_build_avx512(void);  // q1_0_lut_avx512.cpp
+extern "C" q1k_gemm_fn q1k_gemm_lut_avx512(void);
+
 extern "C" const q1k_kernel * q1k_kernel_avx512(void) {
-    static const q1k_kernel k = { "avx512", quant_avx512, gemm_avx512 };
+    // the table path needs VBMI's vpermb on top of this file's AVX-512 set
+    static const bool vbmi = q1k_cpu_has_avx512vbmi() != 0;
+    static const q1k_kernel k = { "avx512", quant_avx512, gemm_avx512, vbmi ? q1k_lut_build_avx512() : nullptr,
+                                  vbmi ? q1k_gemm_lut_avx512() : nullptr };
     return &k;
 }
 

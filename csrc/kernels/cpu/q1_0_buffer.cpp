@@ -5,8 +5,9 @@
 // weight is used by: MUL_MAT of a 2-D Q1_0 matrix with F32 activations. token_embd (used by
 // GET_ROWS) therefore stays in the plain CPU buffer; output.weight (MUL_MAT) comes here.
 //
-// MUL_MAT: every thread quantizes a share of the activation rows into the work buffer, a
-// barrier, then each thread runs the kernel over its contiguous share of 16-row groups.
+// MUL_MAT: every thread quantizes a share of the activation blocks into the work buffer (plus
+// their lookup tables when the table path runs), a barrier, then each thread runs the kernel
+// over its contiguous share of 16-row groups.
 // Registered from ggml-cpu.cpp (vendor/patches/0001-...) when PYBONSAI_CPU_KERNELS is defined.
 #include "q1_0_kernels.h"
 
@@ -29,12 +30,22 @@ bool q1k_eligible(const ggml_tensor * t) {
            ggml_is_contiguous(t);
 }
 
+// the table path (q1_0_kernels.h) runs MUL_MATs of up to q1k_lut_max_tokens() tokens
+bool use_lut(int64_t ntok) {
+    return ntok <= q1k_lut_max_tokens();
+}
+
+size_t record_bytes(int64_t K, int64_t ntok) {
+    return q1k_act_stride(K) + (use_lut(ntok) ? q1k_lut_bytes(K) : 0);
+}
+
 class q1k_tensor_traits : public ggml::cpu::tensor_traits {
     bool work_size(int /*n_threads*/, const ggml_tensor * op, size_t & size) override {
         if (op->op != GGML_OP_MUL_MAT) {
             return false;
         }
-        size = (size_t) ggml_nrows(op->src[1]) * q1k_act_stride(op->src[0]->ne[0]) + 64;
+        const int64_t ntok = ggml_nrows(op->src[1]);
+        size = (size_t) ntok * record_bytes(op->src[0]->ne[0], ntok) + 64;
         return true;
     }
 
@@ -56,17 +67,28 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t ne11   = src1->ne[1];
         const int64_t ne12   = src1->ne[2];
         const int64_t ntok   = ne11 * ne12 * src1->ne[3];
-        const size_t  stride = q1k_act_stride(K);
+        const bool    lut    = use_lut(ntok);
+        const size_t  stride = record_bytes(K, ntok);
 
         uint8_t * act = (uint8_t *) (((uintptr_t) params->wdata + 63) & ~(uintptr_t) 63);
         GGML_ASSERT(act + ntok * stride <= (uint8_t *) params->wdata + params->wsize);
 
-        for (int64_t t = ith; t < ntok; t += nth) {
+        // quantize (and tabulate) ntok x nb blocks, a contiguous share per thread, so a single
+        // decode token is split across the threads too
+        const int64_t nb    = K / Q1K_QK;
+        const int64_t first = ntok * nb * ith / nth;
+        const int64_t last  = ntok * nb * (ith + 1) / nth;
+        for (int64_t t = first / nb; t < ntok && t * nb < last; t++) {
+            const int64_t b0 = first > t * nb ? first - t * nb : 0;
+            const int64_t b1 = last < (t + 1) * nb ? last - t * nb : nb;
             const int64_t i1 = t % ne11;
             const int64_t i2 = (t / ne11) % ne12;
             const int64_t i3 = t / (ne11 * ne12);
             const char *  x  = (const char *) src1->data + i1 * src1->nb[1] + i2 * src1->nb[2] + i3 * src1->nb[3];
-            k->quant((const float *) x, act + t * stride, K);
+            k->quant((const float *) x, act + t * stride, K, b0, b1);
+            if (lut) {
+                k->lut_build(act + t * stride, K, b0, b1);
+            }
         }
         ggml_barrier(params->threadpool);
 
@@ -74,7 +96,8 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t g0     = groups * ith / nth;
         const int64_t g1     = groups * (ith + 1) / nth;
         if (g0 < g1) {
-            k->gemm(src0->data, K, nrows, g0, g1, act, stride, ntok, (float *) op->data, op->nb[1] / sizeof(float));
+            (lut ? k->gemm_lut : k->gemm)(src0->data, K, nrows, g0, g1, act, stride, ntok, (float *) op->data,
+                                          op->nb[1] / sizeof(float));
         }
         return true;
     }

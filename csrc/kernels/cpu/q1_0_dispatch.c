@@ -31,6 +31,15 @@ int q1k_cpu_has_avx512(void) {
 #endif
 }
 
+int q1k_cpu_has_avx512vbmi(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return q1k_cpu_has_avx512() && __builtin_cpu_supports("avx512vbmi");
+#else
+    return 0;
+#endif
+}
+
 static const q1k_kernel * q1k_best(void) {
     if (q1k_kernel_avx512() && q1k_cpu_has_avx512()) {
         return q1k_kernel_avx512();
@@ -84,7 +93,38 @@ const q1k_kernel * q1k_select(void) {
     return kernel;
 }
 
+#ifndef Q1K_LUT_MAX_DEFAULT
+#define Q1K_LUT_MAX_DEFAULT 16  // tokens per MUL_MAT up to which the table path runs: it wins up to 16,
+                               // loses at 32 and more (tables of all tokens no longer fit L2; RESULTS.md)
+#endif
+
+int q1k_lut_max_tokens(void) {
+    static int chosen = 0;
+    static int value  = 0;
+    if (!chosen) {
+        const q1k_kernel * k   = q1k_select();
+        const char *       env = getenv("PYBONSAI_Q1_LUT_MAX");
+        int                n   = Q1K_LUT_MAX_DEFAULT;
+        if (env != NULL && env[0] != '\0') {
+            char * end = NULL;
+            long   v   = strtol(env, &end, 10);
+            if (*end != '\0' || v < 0 || v > 4096) {
+                fprintf(stderr, "pybonsai: PYBONSAI_Q1_LUT_MAX=%s is not a token count 0..4096; using %d\n", env, n);
+            } else {
+                n = (int) v;
+            }
+        }
+        value  = (k != NULL && k->lut_build != NULL && k->gemm_lut != NULL) ? n : 0;
+        chosen = 1;
+    }
+    return value;
+}
+
 Q1K_EXPORT const char * pybonsai_q1_0_kernel_name(void) {
     const q1k_kernel * k = q1k_select();
     return k ? k->name : "upstream";
+}
+
+Q1K_EXPORT int pybonsai_q1_0_lut_max_tokens(void) {
+    return q1k_lut_max_tokens();
 }

@@ -21,6 +21,18 @@
 // the sum of q over set bits in sub-block c, a block contributes
 //     dw * (sum_c c1_c * S1_c - corr)      (since sum (2b-1) q = 2*S1 - sum q).
 // Token layout (q1k_act_stride bytes): int8 q[nb*128], float c1[nb*4], float corr[nb].
+//
+// Table-lookup (LUT) decode path, for few tokens at a time: after that record, q1k_lut_bytes(K)
+// of tables built from the int8 q. A packed byte holds, for one row, bit p of columns j+4p: its
+// low nibble indexes the 16 subset sums of the activations {q[j], q[j+4], q[j+8], q[j+12]}, its
+// high nibble those of {q[j+16], ..., q[j+28]} (offsets within a 32-column sub-block). With
+// q = 16*qh + ql (ql = q & 15 in 0..15, qh = floor(q/16) in -8..7) each table is stored twice,
+// as subset sums of ql (0..60, unsigned bytes) and of qh (-32..28, signed bytes), so every entry
+// fits a byte and S1 = sum(TL) + 16*sum(TH) stays exact. Per sub-block s = 4b + c, 256 bytes:
+//   [  0, 64) TL of the low-nibble groups,  byte 16j + idx (j = byte position in the row's dword)
+//   [ 64,128) TH of the low-nibble groups
+//   [128,192) TL of the high-nibble groups
+//   [192,256) TH of the high-nibble groups
 #ifndef PYBONSAI_Q1_0_KERNELS_H
 #define PYBONSAI_Q1_0_KERNELS_H
 
@@ -63,11 +75,20 @@ static inline size_t q1k_act_stride(int64_t K) {
     return (nb * (Q1K_QK + 20) + 63) & ~(size_t) 63;
 }
 
+/* bytes of the LUT tables appended to a token's record on the table path */
+static inline size_t q1k_lut_bytes(int64_t K) {
+    return (size_t) (K / 32) * 256;
+}
+
 /* src: nrows rows of K/128 Q1_0 blocks (18 bytes each) -> dst (q1k_packed_size bytes) */
 void q1k_repack(const void * src, void * dst, int64_t nrows, int64_t K);
 
-/* one token: x[K] floats -> dst (q1k_act_stride(K) bytes) */
-typedef void (*q1k_quant_fn)(const float * x, void * dst, int64_t K);
+/* one token, blocks [b0, b1) of it: x[K] floats -> dst (a q1k_act_stride(K)-byte record); a
+ * token is complete once every block range of it is done, in any order or on any thread */
+typedef void (*q1k_quant_fn)(const float * x, void * dst, int64_t K, int64_t b0, int64_t b1);
+
+/* LUT path: tables of blocks [b0, b1) of a quantized token record (its q must be done) */
+typedef void (*q1k_lut_fn)(void * act, int64_t K, int64_t b0, int64_t b1);
 
 /* rows of groups [g0, g1) of the packed weights w (nrows rows in all) times ntok quantized
  * tokens (act, act_stride bytes apart) -> dst[t*dst_stride + row] (floats). */
@@ -79,6 +100,10 @@ typedef struct {
     const char *  name;   /* "avx512", "avx2", "scalar" */
     q1k_quant_fn  quant;
     q1k_gemm_fn   gemm;
+    /* optional table-lookup path (NULL when absent): act records carry q1k_lut_bytes(K) more
+     * bytes, filled by lut_build, and gemm_lut reads them; results equal gemm's bit for bit */
+    q1k_lut_fn    lut_build;
+    q1k_gemm_fn   gemm_lut;
 } q1k_kernel;
 
 /* the paths compiled in; NULL entries are absent on this build/architecture */
@@ -89,6 +114,11 @@ const q1k_kernel * q1k_kernel_avx512(void);
 /* CPU support for a path (runtime cpuid) */
 int q1k_cpu_has_avx2(void);
 int q1k_cpu_has_avx512(void);
+int q1k_cpu_has_avx512vbmi(void);
+
+/* most tokens per MUL_MAT that take the table path of the selected kernel: 0 when it has none
+ * or PYBONSAI_Q1_LUT_MAX=0; default Q1K_LUT_MAX_DEFAULT, PYBONSAI_Q1_LUT_MAX=n overrides. Cached. */
+int q1k_lut_max_tokens(void);
 
 /* selected path: the best SIMD path the CPU has, or NULL (leave Q1_0 to upstream) when it has
  * none; PYBONSAI_Q1_KERNEL=avx512|avx2|scalar forces one (falls back with a message on stderr
@@ -97,6 +127,9 @@ const q1k_kernel * q1k_select(void);
 
 /* name of the selected path, or "upstream" when disabled (exported from ggml-cpu) */
 const char * pybonsai_q1_0_kernel_name(void);
+
+/* q1k_lut_max_tokens() of the selected path (exported from ggml-cpu) */
+int pybonsai_q1_0_lut_max_tokens(void);
 
 #ifdef __cplusplus
 }

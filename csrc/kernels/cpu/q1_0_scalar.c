@@ -66,12 +66,12 @@ void q1k_repack(const void * src, void * dst, int64_t nrows, int64_t K) {
     }
 }
 
-static void quant_scalar(const float * x, void * dst, int64_t K) {
+static void quant_scalar(const float * x, void * dst, int64_t K, int64_t b0, int64_t b1) {
     const int64_t nb = K / Q1K_QK;
     int8_t * q       = (int8_t *) dst;
     float * c1       = (float *) (q + nb * Q1K_QK);
     float * corr     = c1 + nb * 4;
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         float cb = 0.0f;
         for (int c = 0; c < 4; c++) {
             const float * xs = x + b * Q1K_QK + 32 * c;
@@ -137,6 +137,6 @@ static void gemm_scalar(const void * w, int64_t K, int64_t nrows, int64_t g0, in
 }
 
 const q1k_kernel * q1k_kernel_scalar(void) {
-    static const q1k_kernel k = { "scalar", quant_scalar, gemm_scalar };
+    static const q1k_kernel k = { "scalar", quant_scalar, gemm_scalar, NULL, NULL };
     return &k;
 }

@@ -42,9 +42,10 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
     for (int64_t i = 0; i < K * ntok; i++) x[i] = (rndf() - 0.5f) * (i % 37 == 0 ? 20.0f : 2.0f);
     if (ntok > 1) memset(x + K, 0, sizeof(float) * (size_t) K);  // an all-zero token
     q1k_repack(wq, wp, nrows, K);
-    for (int64_t t = 0; t < ntok; t++) {
-        k->quant(x + t * K, act + t * st, K);
-        q1k_kernel_scalar()->quant(x + t * K, act_s + t * st, K);
+    for (int64_t t = 0; t < ntok; t++) {  // the path's quant in two block ranges (the thread split)
+        k->quant(x + t * K, act + t * st, K, nb / 2, nb);
+        k->quant(x + t * K, act + t * st, K, 0, nb / 2);
+        q1k_kernel_scalar()->quant(x + t * K, act_s + t * st, K, 0, nb);
     }
     int bad = 0;
     for (int64_t t = 0; t < ntok && !bad; t++) {  // same int8 and scales on every path
@@ -100,8 +101,35 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
             }
         }
     }
-    printf("%-6s rows=%-4lld K=%-5lld ntok=%-3lld rel_err=%.2e vs_fp32=%.2e %s\n", k->name, (long long) nrows,
-           (long long) K, (long long) ntok, max_err, max_qerr, bad ? "FAIL" : "ok");
+    int lut_bad = -1;  // -1: this path has no table path
+    if (k->lut_build && k->gemm_lut) {
+        // table path: records carry the tables; results must equal the multiply path's bit for bit
+        const size_t lst = st + q1k_lut_bytes(K);
+        uint8_t * lact   = malloc(lst * (size_t) ntok);
+        float *   lout   = malloc(sizeof(float) * (size_t) (nrows * ntok));
+        for (int64_t t = 0; t < ntok; t++) {
+            k->quant(x + t * K, lact + t * lst, K, 0, nb);
+            k->lut_build(lact + t * lst, K, 1 + nb / 2 < nb ? 1 + nb / 2 : nb, nb);  // two uneven block ranges
+            k->lut_build(lact + t * lst, K, 0, 1 + nb / 2 < nb ? 1 + nb / 2 : nb);
+        }
+        for (int64_t i = 0; i < nrows * ntok; i++) lout[i] = NAN;
+        k->gemm_lut(wp, K, nrows, 0, mid, lact, lst, ntok, lout, (size_t) nrows);
+        k->gemm_lut(wp, K, nrows, mid, groups, lact, lst, ntok, lout, (size_t) nrows);
+        lut_bad = memcmp(lout, out, sizeof(float) * (size_t) (nrows * ntok)) != 0;
+        if (lut_bad) {
+            for (int64_t i = 0; i < nrows * ntok; i++) {
+                if (lout[i] != out[i]) {
+                    printf("  %s table path differs at %lld: %g vs %g\n", k->name, (long long) i, lout[i], out[i]);
+                    break;
+                }
+            }
+        }
+        bad |= lut_bad;
+        free(lact); free(lout);
+    }
+    printf("%-6s rows=%-4lld K=%-5lld ntok=%-3lld rel_err=%.2e vs_fp32=%.2e%s %s\n", k->name, (long long) nrows,
+           (long long) K, (long long) ntok, max_err, max_qerr, lut_bad < 0 ? "" : lut_bad ? " lut=DIFF" : " lut=same",
+           bad ? "FAIL" : "ok");
     free(wq); free(wp); free(x); free(act); free(act_s); free(out); free(out2);
     return bad;
 }

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Decode speed against the machine's memory-bandwidth ceiling and against upstream, one run.
+
+For each thread count: the read bandwidth (benchmarks/bandwidth.c, a streaming read over 2 GiB
+with that many threads), then alternating repetitions of
+  - upstream  : unpatched upstream `llama-bench -p 0 -n 32` (build_upstream.sh),
+  - bench     : `pybonsai bench -p 0 -n 32` (our kernels, a token per eval() call, no sampling),
+  - api       : tg32 through the public API: streamed `create_completion`, greedy, time of
+                max_tokens=33 minus max_tokens=1 (same prompt, cache reset), so prompt and first
+                token are excluded and sampling, detokenizing and streaming are included,
+and for every kernel variant asked for (`--variants`: auto = the default choice, mul = the
+multiply path only (PYBONSAI_Q1_LUT_MAX=0), avx2 = PYBONSAI_Q1_KERNEL=avx2).
+The ceiling is bandwidth / bytes read per token: every weight a token reads (all matrices incl.
+the LM head, norms, one embedding row) plus the f16 KV cache at the mean depth of tg32.
+Multi-column: `pybonsai bench -p N -n 0` for N = 2, 4, 8, 16 (N tokens per decode call read the
+weights once), reported as tokens/s next to tg.
+
+    python benchmarks/decode_vs_bandwidth.py --model bonsai-8b.gguf --threads 1,2 --reps 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from common import ROOT, model_file, run_llama_bench, upstream_llama_bench
+
+API_CHILD = textwrap.dedent("""
+    import json, sys, time
+    from pybonsai import Llama
+    model, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    llm = Llama(model, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False)
+    ban = {str(t): -100.0 for t in range(llm.n_vocab()) if llm.model.is_eog(t)}
+
+    def run(n):
+        llm.reset()
+        start = time.perf_counter()
+        last = None
+        for chunk in llm.create_completion("The capital of France is", max_tokens=n, stream=True,
+                                           temperature=0.0, logit_bias=ban):
+            last = chunk
+        assert last["choices"][0]["finish_reason"] == "length", last
+        return time.perf_counter() - start
+
+    run(4)
+    rates = []
+    for _ in range(reps):
+        t1 = run(1)
+        t33 = run(33)
+        rates.append(32 / (t33 - t1))
+    print(json.dumps(rates))
+""")
+
+
+def bandwidth_tool() -> Path:
+    exe = ROOT / "build" / "bench-tools" / "bandwidth"
+    src = ROOT / "benchmarks" / "bandwidth.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([os.environ.get("CC", "cc"), "-O3", "-march=native", "-pthread", str(src), "-o", str(exe)],
+                       check=True)
+    return exe
+
+
+def bytes_per_token(model: Path, depth: float) -> tuple[float, dict]:
+    """Bytes a decode step reads: all tensors but the embedding table (one row of it), plus the
+    f16 KV cache at `depth`; the embedding table counts whole when it is also the LM head."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(model))
+    tensors = {t.name: t for t in r.tensors}
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+
+    def field(key):
+        return int(r.fields[f"{arch}.{key}"].parts[-1][0])
+
+    emb = tensors["token_embd.weight"]
+    tied = "output.weight" not in tensors
+    weights = sum(int(t.n_bytes) for n, t in tensors.items() if n != "token_embd.weight")
+    weights += int(emb.n_bytes) if tied else int(emb.n_bytes) // int(emb.shape[-1])
+    n_layer, n_head_kv = field("block_count"), field("attention.head_count_kv")
+    head_dim = field("attention.key_length") if f"{arch}.attention.key_length" in r.fields else \
+        field("embedding_length") // field("attention.head_count")
+    kv = n_layer * n_head_kv * head_dim * 2 * 2 * depth
+    return weights + kv, {"weights_bytes": weights, "kv_bytes_at_mean_depth": kv, "tied_embeddings": tied}
+
+
+def run_ours_bench(model: Path, threads: int, env: dict, prompt: str, gen: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "pybonsai", "bench", str(model), "-p", prompt, "-n", gen,
+                          "-t", str(threads), "-r", "1", "--json"], check=True, capture_output=True, text=True,
+                         env=env).stdout
+    return {r["test"]: r["tokens_per_s"] for r in json.loads(out)}
+
+
+def run_api(model: Path, threads: int, env: dict, reps: int) -> list[float]:
+    out = subprocess.run([sys.executable, "-c", API_CHILD, str(model), str(threads), str(reps)], check=True,
+                         capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+VARIANTS = {"auto": {}, "mul": {"PYBONSAI_Q1_LUT_MAX": "0"}, "avx2": {"PYBONSAI_Q1_KERNEL": "avx2"}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=None, help="GGUF (default: the Bonsai-8B-shaped synthetic file)")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--variants", default="auto,mul,avx2", help=f"kernel variants: {', '.join(VARIANTS)}")
+    ap.add_argument("--columns", default="2,4,8,16", help="multi-column sizes (pp N), '' for none")
+    ap.add_argument("--bw-mib", type=int, default=2048)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    model = args.model or model_file("bonsai-8b")
+    variants = args.variants.split(",")
+    columns = [c for c in args.columns.split(",") if c]
+    per_token, detail = bytes_per_token(model, depth=16.5)
+    upstream = upstream_llama_bench()
+    bw_exe = bandwidth_tool()
+    result: dict = {"model": str(model), "bytes_per_token": per_token, **detail, "threads": {}}
+    print(f"{model.name}: {per_token / 1e9:.4f} GB read per token (weights {detail['weights_bytes'] / 1e9:.4f} GB)")
+    for threads in [int(t) for t in args.threads.split(",")]:
+        bw = json.loads(subprocess.run([str(bw_exe), str(threads), str(args.bw_mib), "5"], check=True,
+                                       capture_output=True, text=True).stdout)
+        ceiling = bw["best_gbps"] * 1e9 / per_token
+        rows: dict[str, list[float]] = {}
+        for _ in range(args.reps):
+            rows.setdefault("upstream llama-bench tg32", []).append(
+                run_llama_bench(upstream, model, 0, 32, threads)["tg32"])
+            for v in variants:
+                env = dict(os.environ, **VARIANTS[v])
+                rates = run_ours_bench(model, threads, env, ",".join(["0", *columns]), "32")
+                rows.setdefault(f"[{v}] pybonsai bench tg32", []).append(rates["tg32"])
+                for c in columns:
+                    rows.setdefault(f"[{v}] pybonsai bench pp{c} ({c} columns)", []).append(rates[f"pp{c}"])
+                rows.setdefault(f"[{v}] API create_completion stream tg32", []).extend(run_api(model, threads, env, 1))
+        bw2 = json.loads(subprocess.run([str(bw_exe), str(threads), str(args.bw_mib), "5"], check=True,
+                                        capture_output=True, text=True).stdout)
+        med = {k: statistics.median(v) for k, v in rows.items()}
+        up = med["upstream llama-bench tg32"]
+        print(f"\n{threads} thread(s): read bandwidth best {bw['best_gbps']:.2f} GB/s (median {bw['median_gbps']:.2f}; "
+              f"after the runs: best {bw2['best_gbps']:.2f}) -> ceiling {ceiling:.2f} tok/s")
+        print("| measurement | tok/s (median) | of ceiling | vs upstream tg32 |")
+        print("|---|---:|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v:.2f} | {v / ceiling:.0%} | {v / up:.2f}x |")
+        for v in variants:
+            api, bench = med[f"[{v}] API create_completion stream tg32"], med[f"[{v}] pybonsai bench tg32"]
+            print(f"[{v}] API / bench: {api / bench:.3f}" + "".join(
+                f"; pp{c}/tg32 {med[f'[{v}] pybonsai bench pp{c} ({c} columns)'] / bench:.2f}x" for c in columns))
+        result["threads"][threads] = {"bandwidth": bw, "bandwidth_after": bw2, "ceiling_tok_s": ceiling,
+                                      "samples": rows, "median": med}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
