@@ -104,10 +104,11 @@ def cmd_depth(a) -> dict:
         for _ in range(a.reps):
             for who in ("ours", "upstream"):
                 if who == "ours":
-                    cmd = ours(a.model, "-p", "0", "-n", "32", "-r", "2", "-d", ",".join(map(str, depths)),
+                    cmd = ours(a.model, "-p", "0", "-n", "32", "-r", str(a.bench_reps), "-d", ",".join(map(str, depths)),
                                "-ctk", kv, "-ctv", kv, "-fa", "on", "-c", str(a.ctx or max(depths) + 32))
                 else:
-                    cmd = upstream(a.model, "-p", "0", "-n", "32", "-r", "2", "-d", ",".join(map(str, depths)),
+                    # llama-bench refills the depth for every repetition: -r 1 halves a long run
+                    cmd = upstream(a.model, "-p", "0", "-n", "32", "-r", str(a.bench_reps), "-d", ",".join(map(str, depths)),
                                    "-ctk", kv, "-ctv", kv, "-fa", "1")
                 peak, text, wall, done = run_measured(cmd)
                 if not done:
@@ -244,6 +245,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1024, 4096])
     ap.add_argument("--kv", default="q8_0,q4_0")
+    ap.add_argument("--bench-reps", type=int, default=2, help="depth: repetitions inside each bench run (-r)")
     ap.add_argument("--ctx", type=int, default=0, help="our n_ctx for depth runs (default: deepest + 32)")
     ap.add_argument("--limit", type=int, default=60, help="seconds an upstream run is observed when stopped early")
     ap.add_argument("--unpatched", type=Path, help="load: directory holding an unpatched pybonsai package")

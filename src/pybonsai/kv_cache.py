@@ -143,15 +143,16 @@ def describe(config: Optional[KVCacheConfig]) -> str:
     return f"k={type_name(c.type_k)} v={type_name(c.type_v)} fa={fa}"
 
 
-def add_cli_options(p, bench: bool = False) -> None:
-    """llama.cpp's switches: -ctk/-ctv TYPE and -fa on|off|auto (bench: comma-separated lists,
-    one configuration per combination, as llama-bench)."""
+def add_cli_options(p, bench: bool = False, flash_attn: str = "off") -> None:
+    """llama.cpp's switches: -ctk/-ctv TYPE and -fa on|off|auto, default `flash_attn` (bench:
+    comma-separated lists, one configuration per combination, as llama-bench)."""
     lst = " (comma-separated: one configuration each)" if bench else ""
     types = ", ".join(KV_CACHE_TYPES)
     p.add_argument("-ctk", "--cache-type-k", default="f16", help=f"KV cache type for K: {types}{lst}")
     p.add_argument("-ctv", "--cache-type-v", default="f16",
                    help=f"KV cache type for V (quantized V needs flash attention){lst}")
-    p.add_argument("-fa", "--flash-attn", default="off", help=f"flash attention: on, off or auto{lst}")
+    p.add_argument("-fa", "--flash-attn", default=flash_attn,
+                   help=f"flash attention: on, off or auto (default: {flash_attn}){lst}")
 
 
 def cli_kwargs(args) -> dict:

@@ -94,8 +94,9 @@ const q1k_kernel * q1k_select(void) {
 }
 
 #ifndef Q1K_LUT_MAX_DEFAULT
-#define Q1K_LUT_MAX_DEFAULT 16  // tokens per MUL_MAT up to which the table path runs: it wins up to 16,
-                               // loses at 32 and more (tables of all tokens no longer fit L2; RESULTS.md)
+#define Q1K_LUT_MAX_DEFAULT 8  // tokens per MUL_MAT up to which the table path runs: kernel-only it wins
+                              // up to 16 and loses at 32 (the tables no longer fit L2), model-level
+                              // pp16 was faster on the multiply path (benchmarks/RESULTS.md)
 #endif
 
 int q1k_lut_max_tokens(void) {
