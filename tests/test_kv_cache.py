@@ -111,8 +111,12 @@ def test_engine_takes_the_same_switches(tiny_model_path, tmp_path):
     from pybonsai import Engine
 
     with pytest.raises(ValueError, match="requires flash_attn=True"):
-        Engine(str(tmp_path / "missing.gguf"), type_v="q8_0")
+        Engine(str(tmp_path / "missing.gguf"), type_v="q8_0", flash_attn=False)
     with Engine(str(tiny_model_path), n_parallel=2, n_ctx=512, n_threads=1, type_k="q8_0", type_v="q8_0",
                 flash_attn=True) as engine:
+        out = engine.create_completion("Hello", max_tokens=4, temperature=0)
+        assert out["usage"]["completion_tokens"] >= 1
+    # the Engine's default is "auto" (as llama-server): a quantized V cache needs nothing more
+    with Engine(str(tiny_model_path), n_parallel=2, n_ctx=512, n_threads=1, type_v="q4_0") as engine:
         out = engine.create_completion("Hello", max_tokens=4, temperature=0)
         assert out["usage"]["completion_tokens"] >= 1
