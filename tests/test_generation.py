@@ -198,3 +198,8 @@ def test_scores_are_copied_out_only_when_read(tiny_model_path):
         every.reset()
         every.eval(seen)
         np.testing.assert_allclose(last.last_logits, every.scores[len(seen) - 1], rtol=1e-4, atol=1e-4)
+        last.eval([seen[-1]])
+        pending = every.scores[len(seen) - 1].copy()  # not what `last` holds now: it evaluated one more
+        last.close()  # a row not read yet is copied out before the context goes
+        assert not np.array_equal(last.scores[0], pending)
+        assert np.isfinite(last.scores[0]).all() and last.scores[0].any()

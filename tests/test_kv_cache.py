@@ -116,7 +116,5 @@ def test_engine_takes_the_same_switches(tiny_model_path, tmp_path):
                 flash_attn=True) as engine:
         out = engine.create_completion("Hello", max_tokens=4, temperature=0)
         assert out["usage"]["completion_tokens"] >= 1
-    # the Engine's default is "auto" (as llama-server): a quantized V cache needs nothing more
-    with Engine(str(tiny_model_path), n_parallel=2, n_ctx=512, n_threads=1, type_v="q4_0") as engine:
-        out = engine.create_completion("Hello", max_tokens=4, temperature=0)
-        assert out["usage"]["completion_tokens"] >= 1
+    with pytest.raises(ValueError, match="requires flash_attn=True"):  # the default is off
+        Engine(str(tmp_path / "missing.gguf"), type_v="q4_0")

@@ -109,14 +109,14 @@ class Engine:
     """Serve many completions at once from one model and one context (see the module doc).
 
     `n_ctx` is the whole KV pool (default 2048 per sequence); every request may use
-    `n_ctx_per_seq` = n_ctx // n_parallel tokens, prompt included. `flash_attn` defaults to
-    "auto" (llama.cpp enables it where the backend has it): in the shared pool it lets attention
-    skip the other sequences' cells."""
+    `n_ctx_per_seq` = n_ctx // n_parallel tokens, prompt included. `flash_attn` is off by
+    default: with it, llama.cpp's CPU attention rounds differently for different batch shapes,
+    so a request's greedy text could depend on what it was batched with."""
 
     def __init__(self, model_path: str, *, n_parallel: int = 4, n_ctx: Optional[int] = None,
                  n_batch: int = 512, n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
                  n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, chat_template: Optional[str] = None,
-                 flash_attn: Union[bool, str] = "auto", max_queue: int = 64, prefill_chunk: int = 256,
+                 flash_attn: Union[bool, str] = False, max_queue: int = 64, prefill_chunk: int = 256,
                  verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None) -> None:
         for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
                         ("prefill_chunk", prefill_chunk)):

@@ -228,6 +228,8 @@ class Llama:
     def close(self) -> None:
         """Free the context and the model. Idempotent."""
         if self._ctx is not None:
+            if getattr(self, "_scores_live", False):
+                self.scores  # copy the last logits out once, so `scores` stays readable after close
             self._ctx.close()
             self._ctx = None
         if self._model is not None:

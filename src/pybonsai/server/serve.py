@@ -43,9 +43,7 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
-    # auto, as llama-server: with the KV pool shared by all sequences, flash attention skips the
-    # other sequences' (masked) cells instead of computing attention over all of them
-    kv_cache.add_cli_options(p, flash_attn="auto")
+    kv_cache.add_cli_options(p)  # -fa off by default: see Engine (same text alone or batched)
     return p
 
 
