@@ -1,10 +1,11 @@
-// Kernel-only timing of the AVX-512 Q1_0 paths (no ggml, one thread): the multiply path and the
+// Kernel-only timing of the Q1_0 SIMD paths (no ggml, one thread): the multiply path and the
 // table path on one matrix shape and token count, from cache (copies=1, a matrix that fits L2)
 // or from DRAM (enough copies to exceed the last-level cache, used in turn).
 //   cc -O2 -march=native -Icsrc/kernels/cpu benchmarks/q1_0_kernel_bench.c csrc/kernels/cpu/q1_0_scalar.c \
 //      csrc/kernels/cpu/q1_0_dispatch.c -x c++ csrc/kernels/cpu/q1_0_avx2.cpp csrc/kernels/cpu/q1_0_avx512.cpp \
-//      csrc/kernels/cpu/q1_0_lut_avx512.cpp -x none -lstdc++ -lm -o build/q1k_bench
+//      csrc/kernels/cpu/q1_0_lut_avx512.cpp csrc/kernels/cpu/q1_0_lut_avx2.cpp -x none -lstdc++ -lm -o build/q1k_bench
 //   build/q1k_bench K ROWS NTOK ITERS PATH COPIES     (PATH: 0 multiply, 1 table, 2 plain read)
+// Q1K_BENCH_KERNEL=avx2 times the AVX2 kernels (default: avx512).
 // Prints the time of one matrix x NTOK tokens and the cycles per 2048 weights per token at the
 // clock given by Q1K_BENCH_GHZ (default 2.3).
 #include "q1_0_kernels.h"
@@ -27,9 +28,11 @@ int main(int argc, char ** argv) {
     }
     const int64_t K = atoll(argv[1]), rows = atoll(argv[2]);
     const int ntok = atoi(argv[3]), iters = atoi(argv[4]), path = atoi(argv[5]), copies = atoi(argv[6]);
-    const q1k_kernel * k = q1k_kernel_avx512();
+    const char * kname = getenv("Q1K_BENCH_KERNEL");
+    const int avx2 = kname != NULL && strcmp(kname, "avx2") == 0;
+    const q1k_kernel * k = avx2 ? q1k_kernel_avx2() : q1k_kernel_avx512();
     if (K % Q1K_QK || rows < 1 || ntok < 1 || iters < 2 || path < 0 || path > 2 || copies < 1 || copies > 64 ||
-        !k || !q1k_cpu_has_avx512() || (path == 1 && !k->gemm_lut)) {
+        !k || !(avx2 ? q1k_cpu_has_avx2() : q1k_cpu_has_avx512()) || (path == 1 && !k->gemm_lut)) {
         fprintf(stderr, "bad arguments, or this CPU lacks the path\n");
         return 2;
     }
@@ -78,8 +81,8 @@ int main(int argc, char ** argv) {
         }
     }
     const int n = iters - 1;
-    printf("K=%lld rows=%lld ntok=%d path=%s copies=%d: activations %.1f us, matrix %.1f us = %.2f GB/s of weights, "
-           "%.1f cycles per 2048 weights per token at %.2f GHz\n", (long long) K, (long long) rows, ntok,
+    printf("%s K=%lld rows=%lld ntok=%d path=%s copies=%d: activations %.1f us, matrix %.1f us = %.2f GB/s of weights, "
+           "%.1f cycles per 2048 weights per token at %.2f GHz\n", k->name, (long long) K, (long long) rows, ntok,
            path == 0 ? "multiply" : path == 1 ? "table" : "read", copies, tq / n * 1e6, tg / n * 1e6,
            (double) ps / (tg / n) / 1e9, (tg / n) * ghz * 1e9 / ((double) rows * (double) K / 2048) / ntok, ghz);
     return 0;

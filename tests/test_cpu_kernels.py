@@ -151,15 +151,19 @@ def _cpu_has_vbmi() -> bool:
         return False
 
 
-@pytest.mark.parametrize("n_threads", [1, 2])
-def test_table_path_matches_multiply_path(tiny_model_path: Path, tmp_path: Path, n_threads: int) -> None:
+@pytest.mark.parametrize("kernel, n_threads", [(None, 1), (None, 2), ("avx2", 1), ("avx2", 2)])
+def test_table_path_matches_multiply_path(tiny_model_path: Path, tmp_path: Path, kernel: str | None,
+                                          n_threads: int) -> None:
     """Decode steps (1-3 tokens) on the table path give the multiply path's logits bit for bit."""
     lut, mul = tmp_path / "lut.npy", tmp_path / "mul.npy"
-    info = _run_logits(tiny_model_path, lut, None, n_threads)
-    info_mul = _run_logits(tiny_model_path, mul, None, n_threads, PYBONSAI_Q1_LUT_MAX="0")
+    info = _run_logits(tiny_model_path, lut, kernel, n_threads)
+    info_mul = _run_logits(tiny_model_path, mul, kernel, n_threads, PYBONSAI_Q1_LUT_MAX="0")
     assert info_mul["lut_max_tokens"] == 0
-    if info["kernel"] != "avx512" or not _cpu_has_vbmi():
-        pytest.skip(f"the table path needs AVX-512 VBMI (this CPU runs {info['kernel']})")
+    if kernel is not None and info["kernel"] != kernel:
+        pytest.skip(f"this CPU cannot run the {kernel} path (ran {info['kernel']})")
+    if info["kernel"] == "avx512" and not _cpu_has_vbmi():
+        pytest.skip("the AVX-512 table path needs VBMI")
+    assert info["kernel"] in ("avx512", "avx2")
     assert info["lut_max_tokens"] >= 3
     np.testing.assert_array_equal(np.load(lut), np.load(mul))
 

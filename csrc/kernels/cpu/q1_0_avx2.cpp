@@ -180,8 +180,11 @@ void gemm_avx2(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1,
 
 #pragma GCC pop_options
 
+extern "C" q1k_lut_fn q1k_lut_build_avx2(void);  // q1_0_lut_avx2.cpp
+extern "C" q1k_gemm_fn q1k_gemm_lut_avx2(void);
+
 extern "C" const q1k_kernel * q1k_kernel_avx2(void) {
-    static const q1k_kernel k = { "avx2", quant_avx2, gemm_avx2, nullptr, nullptr };
+    static const q1k_kernel k = { "avx2", quant_avx2, gemm_avx2, q1k_lut_build_avx2(), q1k_gemm_lut_avx2() };
     return &k;
 }
 
