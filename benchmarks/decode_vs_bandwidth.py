@@ -9,8 +9,9 @@ with that many threads), then alternating repetitions of
                 max_tokens=33 minus max_tokens=1 (same prompt, cache reset), so prompt and first
                 token are excluded and sampling, detokenizing and streaming are included,
 and for every kernel variant asked for (`--variants`: auto = the default choice, mul = the
-multiply path only (PYBONSAI_Q1_LUT_MAX=0), avx2 = PYBONSAI_Q1_KERNEL=avx2 (its table path
-up to the same limit), avx2mul = the AVX2 multiply path only).
+multiply path only (PYBONSAI_Q1_LUT_MAX=0), lut = the table path up to 8 tokens
+(PYBONSAI_Q1_LUT_MAX=8), avx2 = PYBONSAI_Q1_KERNEL=avx2 (its default table limit), avx2mul =
+the AVX2 multiply path only, smallpages = the default on 4 KiB pages (PYBONSAI_HUGEPAGES=0)).
 The ceiling is bandwidth / bytes read per token: every weight a token reads (all matrices incl.
 the LM head, norms, one embedding row) plus the f16 KV cache at the mean depth of tg32.
 Multi-column: `pybonsai bench -p N -n 0` for N = 2, 4, 8, 16 (N tokens per decode call read the
@@ -104,8 +105,10 @@ def run_api(model: Path, threads: int, env: dict, reps: int) -> list[float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-VARIANTS = {"auto": {}, "mul": {"PYBONSAI_Q1_LUT_MAX": "0"}, "avx2": {"PYBONSAI_Q1_KERNEL": "avx2"},
-            "avx2mul": {"PYBONSAI_Q1_KERNEL": "avx2", "PYBONSAI_Q1_LUT_MAX": "0"}}
+VARIANTS = {"auto": {}, "mul": {"PYBONSAI_Q1_LUT_MAX": "0"}, "lut": {"PYBONSAI_Q1_LUT_MAX": "8"},
+            "avx2": {"PYBONSAI_Q1_KERNEL": "avx2"},
+            "avx2mul": {"PYBONSAI_Q1_KERNEL": "avx2", "PYBONSAI_Q1_LUT_MAX": "0"},
+            "smallpages": {"PYBONSAI_HUGEPAGES": "0"}}
 
 
 def main() -> int:

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 
 static double now(void) {
     struct timespec t;
@@ -46,9 +47,14 @@ int main(int argc, char ** argv) {
         const uint16_t one = 0x3c00;
         memcpy(src + i * 18, &one, 2);
     }
+    const char * huge_env = getenv("Q1K_BENCH_HUGE");
+    const int huge = huge_env != NULL && strcmp(huge_env, "1") == 0;
     uint8_t * w[64];
     for (int c = 0; c < copies; c++) {
-        w[c] = aligned_alloc(64, (ps + 63) / 64 * 64);
+        // Q1K_BENCH_HUGE=1: 2 MiB-aligned buffers advised for transparent huge pages
+        const size_t al = huge ? (size_t) 2 << 20 : 64;
+        w[c] = aligned_alloc(al, (ps + al - 1) / al * al);
+        if (huge) madvise(w[c], (ps + al - 1) / al * al, MADV_HUGEPAGE);
         q1k_repack(src, w[c], rows, K);
     }
     float * x = malloc(sizeof(float) * (size_t) (K * ntok));

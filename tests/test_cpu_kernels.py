@@ -156,7 +156,7 @@ def test_table_path_matches_multiply_path(tiny_model_path: Path, tmp_path: Path,
                                           n_threads: int) -> None:
     """Decode steps (1-3 tokens) on the table path give the multiply path's logits bit for bit."""
     lut, mul = tmp_path / "lut.npy", tmp_path / "mul.npy"
-    info = _run_logits(tiny_model_path, lut, kernel, n_threads)
+    info = _run_logits(tiny_model_path, lut, kernel, n_threads, PYBONSAI_Q1_LUT_MAX="8")
     info_mul = _run_logits(tiny_model_path, mul, kernel, n_threads, PYBONSAI_Q1_LUT_MAX="0")
     assert info_mul["lut_max_tokens"] == 0
     if kernel is not None and info["kernel"] != kernel:
@@ -166,6 +166,29 @@ def test_table_path_matches_multiply_path(tiny_model_path: Path, tmp_path: Path,
     assert info["kernel"] in ("avx512", "avx2")
     assert info["lut_max_tokens"] >= 3
     np.testing.assert_array_equal(np.load(lut), np.load(mul))
+
+
+def _cpu_is_amd_zen5_or_later() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return False
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    return info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", "0")) >= 0x1A
+
+
+def test_table_path_default_follows_the_cpu(tiny_model_path: Path, tmp_path: Path) -> None:
+    """Without PYBONSAI_Q1_LUT_MAX, the table path covers up to 8 tokens, except for the AVX-512
+    kernel on AMD Zen 5 and later (the multiply path measured faster there); the AVX2 kernel keeps it."""
+    for kernel in (None, "avx2"):
+        info = _run_logits(tiny_model_path, tmp_path / "x.npy", kernel, 1)
+        if info["kernel"] == "avx512" and not _cpu_has_vbmi():
+            continue  # no AVX-512 table path on this CPU
+        if info["kernel"] not in ("avx512", "avx2"):
+            continue
+        expected = 0 if info["kernel"] == "avx512" and _cpu_is_amd_zen5_or_later() else 8
+        assert info["lut_max_tokens"] == expected, info
 
 
 def test_lut_max_env_is_checked(tiny_model_path: Path, tmp_path: Path) -> None:

@@ -11,3 +11,12 @@ def test_system_info_names_versions_variant_and_devices():
     assert info["cpu_variant"] != "unknown"
     assert any(d["type"] == "cpu" for d in info["devices"])
     assert "CPU" in info["backends"]
+
+
+def test_system_info_names_the_q1_0_path_and_its_table_limit():
+    info = pybonsai.system_info()
+    assert info["q1_0_kernel"] in ("avx512", "avx2", "scalar", "upstream")
+    limit = info["q1_0_table_path_max_tokens"]
+    assert isinstance(limit, int) and 0 <= limit <= 4096
+    if info["q1_0_kernel"] in ("scalar", "upstream"):
+        assert limit == 0  # no table path there

@@ -70,6 +70,13 @@ def q1_0_kernel_path() -> str:
     return name_fn().decode()
 
 
+def q1_0_table_path_max_tokens() -> int:
+    """Most tokens per matrix product that take the Q1_0 table-lookup path (0: multiply path only)."""
+    path = _loaded_cpu_library()
+    fn = getattr(ctypes.CDLL(path), "pybonsai_q1_0_lut_max_tokens", None) if path is not None else None
+    return int(fn()) if fn is not None else 0
+
+
 def system_info() -> dict:
     """What a bug report needs: versions, the llama.cpp pin, the CPU variant, backends, devices, GPU."""
     from . import __version__, gpu
@@ -80,6 +87,7 @@ def system_info() -> dict:
         "llama_cpp_commit": getattr(_core, "LLAMA_CPP_COMMIT", "unknown"),
         "cpu_variant": loaded_cpu_variant(),
         "q1_0_kernel": q1_0_kernel_path(),
+        "q1_0_table_path_max_tokens": q1_0_table_path_max_tokens(),
         "cpu_features": _core.system_info().strip(),
         "backends": list(_core.backends()),
         "devices": devices(),

@@ -105,7 +105,7 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
             const __m256i x0 = _mm256_loadu_si256((const __m256i *) (bits + c * 64));
             const __m256i x1 = _mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32));
             if (Q1K_PF > 0 && NT <= 2) {
-                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), _MM_HINT_T0);
+                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
 #pragma GCC unroll 8
             for (int p = 0; p < 8; p++) {

@@ -87,7 +87,7 @@ static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
             }
             const __m512i x = _mm512_loadu_si512((const void *) (bits + c * 64));
             if (Q1K_PF > 0 && NT <= 2) {
-                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), _MM_HINT_T0);
+                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
 #pragma GCC unroll 8
             for (int p = 0; p < 8; p++) {

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#    include <cpuid.h>
+#endif
+
 #if defined(__GNUC__)
 #    define Q1K_EXPORT __attribute__((visibility("default")))
 #else
@@ -99,13 +103,41 @@ const q1k_kernel * q1k_select(void) {
                               // pp16 was faster on the multiply path (benchmarks/RESULTS.md)
 #endif
 
+/* AMD family 1Ah (Zen 5) or later: four full-width 512-bit pipes run the multiply path's vpdpbusd
+ * fast enough that it beat the AVX-512 table path at 1 and 8 tokens in the 8B decode, both
+ * thread counts (benchmarks/RESULTS.md); its AVX2 table path still beat the AVX2 multiply path. */
+static int q1k_cpu_is_amd_zen5_or_later(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned int a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d) || b != 0x68747541u || d != 0x69746e65u || c != 0x444d4163u) {
+        return 0;  // not "AuthenticAMD"
+    }
+    if (!__get_cpuid(1, &a, &b, &c, &d)) {
+        return 0;
+    }
+    const unsigned int base = (a >> 8) & 0xf;
+    const unsigned int fam  = base == 0xf ? base + ((a >> 20) & 0xff) : base;
+    return fam >= 0x1a;
+#else
+    return 0;
+#endif
+}
+
+/* the selected kernel's table-path limit when PYBONSAI_Q1_LUT_MAX is not set */
+static int q1k_lut_default(const q1k_kernel * k) {
+    if (k != NULL && strcmp(k->name, "avx512") == 0 && q1k_cpu_is_amd_zen5_or_later()) {
+        return 0;
+    }
+    return Q1K_LUT_MAX_DEFAULT;
+}
+
 int q1k_lut_max_tokens(void) {
     static int chosen = 0;
     static int value  = 0;
     if (!chosen) {
         const q1k_kernel * k   = q1k_select();
         const char *       env = getenv("PYBONSAI_Q1_LUT_MAX");
-        int                n   = Q1K_LUT_MAX_DEFAULT;
+        int                n   = q1k_lut_default(k);
         if (env != NULL && env[0] != '\0') {
             char * end = NULL;
             long   v   = strtol(env, &end, 10);

@@ -44,6 +44,12 @@ extern "C" {
 #endif
 
 #define Q1K_QK 128
+
+/* cache level the SIMD paths' software prefetch of the weight stream targets (expanded where
+ * <immintrin.h> is included) */
+#ifndef Q1K_PF_HINT
+#define Q1K_PF_HINT _MM_HINT_T0
+#endif
 #define Q1K_ROWS 16
 #define Q1K_BLOCK_BYTES 18                    /* sizeof(block_q1_0) */
 #define Q1K_GROUP_BLOCK_BYTES (Q1K_ROWS * 18) /* 256 bits bytes + 32 scale bytes */
@@ -117,7 +123,8 @@ int q1k_cpu_has_avx512(void);
 int q1k_cpu_has_avx512vbmi(void);
 
 /* most tokens per MUL_MAT that take the table path of the selected kernel: 0 when it has none
- * or PYBONSAI_Q1_LUT_MAX=0; default Q1K_LUT_MAX_DEFAULT, PYBONSAI_Q1_LUT_MAX=n overrides. Cached. */
+ * or PYBONSAI_Q1_LUT_MAX=0; default Q1K_LUT_MAX_DEFAULT (0 for the AVX-512 kernel on AMD Zen 5
+ * and later, where the multiply path measured faster), PYBONSAI_Q1_LUT_MAX=n overrides. Cached. */
 int q1k_lut_max_tokens(void);
 
 /* selected path: the best SIMD path the CPU has, or NULL (leave Q1_0 to upstream) when it has

@@ -110,7 +110,7 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
             const __m256i x0 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) (bits + c * 64)), tbyte);
             const __m256i x1 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32)), tbyte);
             if (Q1K_PF > 0 && NT <= 2) {
-                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), _MM_HINT_T0);
+                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
             // X = [byte 0 of rows 0-15 | byte 1], Y = [byte 2 | byte 3]
             const __m256i X = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(x0, pj01),

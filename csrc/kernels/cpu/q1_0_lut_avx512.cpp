@@ -103,7 +103,7 @@ static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
         for (int c = 0; c < 4; c++) {
             const __m512i x = _mm512_loadu_si512((const void *) (bits + c * 64));
             if (Q1K_PF > 0) {
-                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), _MM_HINT_T0);
+                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
             // 0xEA: (x & nib) | slot
             const __m512i ilo = _mm512_ternarylogic_epi32(x, nib, slot, 0xEA);
