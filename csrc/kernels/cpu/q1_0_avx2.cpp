@@ -78,7 +78,7 @@ void quant_avx2(const float * x, void * dst, int64_t K, int64_t b0, int64_t b1) 
 
 template <int NT>
 inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
-                 size_t act_stride, float * dst, size_t dst_stride, int nvalid) {
+                 size_t act_stride, float * dst, size_t dst_stride, int nvalid, bool pf) {
     const __m256i ones8  = _mm256_set1_epi8(1);
     const __m256i ones16 = _mm256_set1_epi16(1);
     const __m256i zero   = _mm256_setzero_si256();
@@ -104,7 +104,7 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
             }
             const __m256i x0 = _mm256_loadu_si256((const __m256i *) (bits + c * 64));
             const __m256i x1 = _mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32));
-            if (Q1K_PF > 0 && NT <= 2) {
+            if (Q1K_PF > 0 && pf) {
                 _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
 #pragma GCC unroll 8
@@ -163,13 +163,13 @@ void gemm_avx2(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1,
             const uint8_t * a = (const uint8_t *) act + t * act_stride;
             float *         o = dst + t * dst_stride + g * Q1K_ROWS;
             if (ntok - t >= 4) {
-                tile<4>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid);
+                tile<4>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
                 t += 4;
             } else if (ntok - t >= 2) {
-                tile<2>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid);
+                tile<2>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
                 t += 2;
             } else {
-                tile<1>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid);
+                tile<1>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
                 t += 1;
             }
         }

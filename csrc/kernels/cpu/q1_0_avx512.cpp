@@ -24,7 +24,10 @@ namespace {
 
 #ifndef Q1K_PF
 #define Q1K_PF 16384  // software prefetch distance (bytes) for the streaming GEMV: 2 KiB gave
-                      // 20 t/s, 16-32 KiB 29 t/s on the 8B decode (Zen 4, 2 threads)
+                      // 20 t/s, 16-32 KiB 29 t/s on the 8B decode (Zen 4, 2 threads). The first
+                      // tile of each group prefetches, whatever its size: when only 1- and 2-token
+                      // tiles did, the 4-token tile from DRAM took 30 instead of 19 cycles per 2048
+                      // weights per token (Zen 5, benchmarks/RESULTS.md)
 #endif
 
 typedef int32_t i32u __attribute__((aligned(1), may_alias));
@@ -61,7 +64,7 @@ void quant_avx512(const float * x, void * dst, int64_t K, int64_t b0, int64_t b1
 struct multiply_path {
 template <int NT>
 static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
-                 size_t act_stride, __m512 * res) {
+                 size_t act_stride, __m512 * res, bool pf) {
     constexpr int NA = NT == 1 ? 2 : 1;  // int accumulators per token (dpbusd latency)
     const __m512i ones = _mm512_set1_epi8(1);
     const int8_t * q[NT];
@@ -86,7 +89,7 @@ static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
                 }
             }
             const __m512i x = _mm512_loadu_si512((const void *) (bits + c * 64));
-            if (Q1K_PF > 0 && NT <= 2) {
+            if (Q1K_PF > 0 && pf) {
                 _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
 #pragma GCC unroll 8

@@ -2,8 +2,9 @@
 // multiply path (q1_0_avx512.cpp) and the table path (q1_0_lut_avx512.cpp).
 //
 // Include it inside the anonymous namespace of a translation unit compiled for AVX-512, after
-// <immintrin.h>. Path::tile<NT>(gbits, gscale, nb, act, act_stride, res) computes one group's 16
-// rows for NT consecutive tokens (NT = 8, 4, 2, 1) into res[0..NT).
+// <immintrin.h>. Path::tile<NT>(gbits, gscale, nb, act, act_stride, res, pf) computes one group's 16
+// rows for NT consecutive tokens (NT = 8, 4, 2, 1) into res[0..NT); pf: prefetch the weight stream
+// ahead (only the group's first tile does: the later ones find the group in cache).
 #ifndef PYBONSAI_Q1_0_AVX512_GROUPS_H
 #define PYBONSAI_Q1_0_AVX512_GROUPS_H
 
@@ -26,9 +27,9 @@ inline void add_block(__m512 * accf, const __m512 * bf, const uint16_t * gscale,
 
 template <class Path, int NT>
 inline void store_tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
-                       size_t act_stride, float * dst, size_t dst_stride, __mmask16 rows) {
+                       size_t act_stride, float * dst, size_t dst_stride, __mmask16 rows, bool pf) {
     __m512 r[NT];
-    Path::template tile<NT>(gbits, gscale, nb, act, act_stride, r);
+    Path::template tile<NT>(gbits, gscale, nb, act, act_stride, r, pf);
     for (int t = 0; t < NT; t++) {
         _mm512_mask_storeu_ps(dst + t * dst_stride, rows, r[t]);
     }
@@ -51,10 +52,10 @@ void gemm_groups(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g
             const int64_t   n = ntok - t;
             const int       nt = n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
             switch (nt) {
-                case 8: store_tile<Path, 8>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows); break;
-                case 4: store_tile<Path, 4>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows); break;
-                case 2: store_tile<Path, 2>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows); break;
-                default: store_tile<Path, 1>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows); break;
+                case 8: store_tile<Path, 8>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows, t == 0); break;
+                case 4: store_tile<Path, 4>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows, t == 0); break;
+                case 2: store_tile<Path, 2>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows, t == 0); break;
+                default: store_tile<Path, 1>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows, t == 0); break;
             }
             t += nt;
         }

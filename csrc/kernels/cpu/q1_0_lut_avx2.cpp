@@ -81,7 +81,7 @@ void lut_build_avx2(void * act, int64_t K, int64_t b0, int64_t b1) {
 // 16 rows (one group) x NT tokens over all nb blocks -> dst[t*dst_stride + r], r < nvalid
 template <int NT>
 inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
-                 size_t act_stride, float * dst, size_t dst_stride, int nvalid) {
+                 size_t act_stride, float * dst, size_t dst_stride, int nvalid, bool pf) {
     const __m256i nib   = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char) 0x80);
     const __m256i w116  = _mm256_set1_epi16(0x1001);  // bytes (1, 16): TL + 16*TH
     const __m256i bias  = _mm256_set1_epi16(2 * 16 * 128);
@@ -109,7 +109,7 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
         for (int c = 0; c < 4; c++) {
             const __m256i x0 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) (bits + c * 64)), tbyte);
             const __m256i x1 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32)), tbyte);
-            if (Q1K_PF > 0 && NT <= 2) {
+            if (Q1K_PF > 0 && pf) {
                 _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
             // X = [byte 0 of rows 0-15 | byte 1], Y = [byte 2 | byte 3]
@@ -181,13 +181,13 @@ void gemm_lut_avx2(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t
             const uint8_t * a = (const uint8_t *) act + t * act_stride;
             float *         o = dst + t * dst_stride + g * Q1K_ROWS;
             if (ntok - t >= 4) {
-                tile<4>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid);
+                tile<4>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
                 t += 4;
             } else if (ntok - t >= 2) {
-                tile<2>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid);
+                tile<2>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
                 t += 2;
             } else {
-                tile<1>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid);
+                tile<1>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
                 t += 1;
             }
         }

@@ -81,7 +81,7 @@ void lut_build_avx512(void * act, int64_t K, int64_t b0, int64_t b1) {
 struct table_path {
 template <int NT>
 static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
-                 size_t act_stride, __m512 * res) {
+                 size_t act_stride, __m512 * res, bool pf) {
     const __m512i nib = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1), sixteen = _mm512_set1_epi8(16);
     const __m512i slot = _mm512_set1_epi32(0x30201000);
     const size_t  rec  = q1k_act_stride(nb * Q1K_QK);
@@ -102,7 +102,7 @@ static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             const __m512i x = _mm512_loadu_si512((const void *) (bits + c * 64));
-            if (Q1K_PF > 0) {
+            if (Q1K_PF > 0 && pf) {
                 _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
             // 0xEA: (x & nib) | slot
