@@ -56,6 +56,7 @@ int main(int argc, char ** argv) {
         w[c] = aligned_alloc(al, (ps + al - 1) / al * al);
         if (huge) madvise(w[c], (ps + al - 1) / al * al, MADV_HUGEPAGE);
         q1k_repack(src, w[c], rows, K);
+        if (k->relayout) k->relayout(w[c], rows, K);
     }
     float * x = malloc(sizeof(float) * (size_t) (K * ntok));
     for (int64_t i = 0; i < K * ntok; i++) x[i] = (float) (rand() % 1000 - 500) / 100.0f;

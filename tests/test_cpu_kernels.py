@@ -154,9 +154,10 @@ def _cpu_has_vbmi() -> bool:
 @pytest.mark.parametrize("kernel, n_threads", [(None, 1), (None, 2), ("avx2", 1), ("avx2", 2)])
 def test_table_path_matches_multiply_path(tiny_model_path: Path, tmp_path: Path, kernel: str | None,
                                           n_threads: int) -> None:
-    """Decode steps (1-3 tokens) on the table path give the multiply path's logits bit for bit."""
+    """A 32-token batch and decode steps (1-3 tokens) on the table path give the multiply path's logits
+    bit for bit."""
     lut, mul = tmp_path / "lut.npy", tmp_path / "mul.npy"
-    info = _run_logits(tiny_model_path, lut, kernel, n_threads, PYBONSAI_Q1_LUT_MAX="8")
+    info = _run_logits(tiny_model_path, lut, kernel, n_threads, PYBONSAI_Q1_LUT_MAX="64")
     info_mul = _run_logits(tiny_model_path, mul, kernel, n_threads, PYBONSAI_Q1_LUT_MAX="0")
     assert info_mul["lut_max_tokens"] == 0
     if kernel is not None and info["kernel"] != kernel:
@@ -179,15 +180,18 @@ def _cpu_is_amd_zen5_or_later() -> bool:
 
 
 def test_table_path_default_follows_the_cpu(tiny_model_path: Path, tmp_path: Path) -> None:
-    """Without PYBONSAI_Q1_LUT_MAX, the table path covers up to 8 tokens, except for the AVX-512
-    kernel on AMD Zen 5 and later (the multiply path measured faster there); the AVX2 kernel keeps it."""
+    """Without PYBONSAI_Q1_LUT_MAX, the AVX2 table path covers up to 256 tokens and the AVX-512 one
+    up to 8, except on AMD Zen 5 and later (its multiply path measured faster there)."""
     for kernel in (None, "avx2"):
         info = _run_logits(tiny_model_path, tmp_path / "x.npy", kernel, 1)
         if info["kernel"] == "avx512" and not _cpu_has_vbmi():
             continue  # no AVX-512 table path on this CPU
         if info["kernel"] not in ("avx512", "avx2"):
             continue
-        expected = 0 if info["kernel"] == "avx512" and _cpu_is_amd_zen5_or_later() else 8
+        if info["kernel"] == "avx2":
+            expected = 256
+        else:
+            expected = 0 if _cpu_is_amd_zen5_or_later() else 8
         assert info["lut_max_tokens"] == expected, info
 
 

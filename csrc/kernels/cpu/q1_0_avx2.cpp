@@ -1,7 +1,8 @@
 // pybonsai Q1_0 kernels: AVX2 (+FMA, F16C) path.
 //
-// Same packed layout as the AVX-512 path; a 64-byte chunk is two 32-byte halves (rows 0-7,
-// rows 8-15). For plane p a 16-bit left shift by 7-p moves bit p of every byte into its sign
+// Weights in the AVX2 chunk layout (q1_0_kernels.h: each 64-byte chunk transposed for the table
+// path, q1_0_lut_avx2.cpp); 6 shuffles per chunk, shared by the tile's tokens, turn it back into
+// two 32-byte halves of 8 rows x 4 bytes (rows 0-7, rows 8-15). For plane p a 16-bit left shift by 7-p moves bit p of every byte into its sign
 // bit, vpblendvb selects the broadcast activation where the bit is set, vpmaddubsw against
 // 1s adds byte pairs into int16 (exact: at most 32 planes x 254 per block), and one vpmaddwd
 // per block widens the per-row sums to int32. Built with a file-level target pragma and called
@@ -82,6 +83,10 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
     const __m256i ones8  = _mm256_set1_epi8(1);
     const __m256i ones16 = _mm256_set1_epi16(1);
     const __m256i zero   = _mm256_setzero_si256();
+    // after unpack{lo,hi}_epi8(X, Y) and the qword order 0,2,1,3, a lane holds 4 rows' (j0, j2)
+    // byte pairs, then their (j1, j3) pairs: gather each row's j0..j3
+    const __m256i untr = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15,
+                                          0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     const int8_t * q[NT];
     const float *  c1[NT];
     const float *  corr[NT];
@@ -102,8 +107,11 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
                 acc[t][0] = zero;
                 acc[t][1] = zero;
             }
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *) (bits + c * 64));
-            const __m256i x1 = _mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32));
+            // X = [byte 0 of rows 0-15 | byte 1], Y = [byte 2 | byte 3] -> rows 0-7 and 8-15, 4 bytes each
+            const __m256i X  = _mm256_loadu_si256((const __m256i *) (bits + c * 64));
+            const __m256i Y  = _mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32));
+            const __m256i x0 = _mm256_shuffle_epi8(_mm256_permute4x64_epi64(_mm256_unpacklo_epi8(X, Y), 0xD8), untr);
+            const __m256i x1 = _mm256_shuffle_epi8(_mm256_permute4x64_epi64(_mm256_unpackhi_epi8(X, Y), 0xD8), untr);
             if (Q1K_PF > 0 && pf) {
                 _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
@@ -182,9 +190,11 @@ void gemm_avx2(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1,
 
 extern "C" q1k_lut_fn q1k_lut_build_avx2(void);  // q1_0_lut_avx2.cpp
 extern "C" q1k_gemm_fn q1k_gemm_lut_avx2(void);
+extern "C" q1k_relayout_fn q1k_relayout_avx2(void);
 
 extern "C" const q1k_kernel * q1k_kernel_avx2(void) {
-    static const q1k_kernel k = { "avx2", quant_avx2, gemm_avx2, q1k_lut_build_avx2(), q1k_gemm_lut_avx2() };
+    static const q1k_kernel k = { "avx2", quant_avx2, gemm_avx2, q1k_lut_build_avx2(), q1k_gemm_lut_avx2(),
+                                  q1k_relayout_avx2() };
     return &k;
 }
 

@@ -134,7 +134,7 @@ extern "C" const q1k_kernel * q1k_kernel_avx512(void) {
     // the table path needs VBMI's vpermb on top of this file's AVX-512 set
     static const bool vbmi = q1k_cpu_has_avx512vbmi() != 0;
     static const q1k_kernel k = { "avx512", quant_avx512, gemm_avx512, vbmi ? q1k_lut_build_avx512() : nullptr,
-                                  vbmi ? q1k_gemm_lut_avx512() : nullptr };
+                                  vbmi ? q1k_gemm_lut_avx512() : nullptr, nullptr };
     return &k;
 }
 

@@ -119,6 +119,10 @@ void buffer_set_tensor(ggml_backend_buffer_t /*buffer*/, ggml_tensor * tensor, c
     if (tensor->extra == &g_traits) {
         GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
         q1k_repack(data, tensor->data, tensor->ne[1], tensor->ne[0]);
+        const q1k_kernel * k = q1k_select();
+        if (k != nullptr && k->relayout != nullptr) {
+            k->relayout(tensor->data, tensor->ne[1], tensor->ne[0]);
+        }
     } else {
         memcpy((char *) tensor->data + offset, data, size);
     }

@@ -123,8 +123,17 @@ static int q1k_cpu_is_amd_zen5_or_later(void) {
 #endif
 }
 
+#ifndef Q1K_LUT_MAX_AVX2
+#define Q1K_LUT_MAX_AVX2 256  // the AVX2 table path beat the AVX2 multiply path at every size up to
+                              // 256 tokens in the 8B model (pp256 39 vs 32 t/s) and lost at 512 (27 vs
+                              // 30) on Zen 5 (benchmarks/RESULTS.md)
+#endif
+
 /* the selected kernel's table-path limit when PYBONSAI_Q1_LUT_MAX is not set */
 static int q1k_lut_default(const q1k_kernel * k) {
+    if (k != NULL && strcmp(k->name, "avx2") == 0) {
+        return Q1K_LUT_MAX_AVX2;
+    }
     if (k != NULL && strcmp(k->name, "avx512") == 0 && q1k_cpu_is_amd_zen5_or_later()) {
         return 0;
     }

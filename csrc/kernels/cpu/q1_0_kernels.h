@@ -13,6 +13,10 @@
 // 32-bit lanes, lane r of a 64-byte chunk holds row r, its 4 bytes four consecutive columns,
 // so a 4-byte broadcast of the activation against the expanded bits gives per-row dot
 // products in lanes without any horizontal reduction. Rows past the end are zero padded.
+// A kernel may keep the chunks in its own order (q1k_kernel.relayout, applied after q1k_repack):
+// the AVX2 kernel stores each 64-byte chunk transposed, byte 16*j + r = byte 4*r + j above, so
+// that a 32-byte half holds one byte position j of all 16 rows in each 128-bit lane (what its
+// vpshufb table lookups index) with no shuffles at run time.
 //
 // Activations are quantized per token into int8 with one scale per 32 columns, as ggml's Q8_0
 // does (d = amax/127 rounded to fp16, q = round(x * 127/amax)), so the int8 values and scales
@@ -45,14 +49,15 @@ extern "C" {
 
 #define Q1K_QK 128
 
+#define Q1K_ROWS 16
+#define Q1K_BLOCK_BYTES 18                    /* sizeof(block_q1_0) */
+#define Q1K_GROUP_BLOCK_BYTES (Q1K_ROWS * 18) /* 256 bits bytes + 32 scale bytes */
+
 /* cache level the SIMD paths' software prefetch of the weight stream targets (expanded where
  * <immintrin.h> is included) */
 #ifndef Q1K_PF_HINT
 #define Q1K_PF_HINT _MM_HINT_T0
 #endif
-#define Q1K_ROWS 16
-#define Q1K_BLOCK_BYTES 18                    /* sizeof(block_q1_0) */
-#define Q1K_GROUP_BLOCK_BYTES (Q1K_ROWS * 18) /* 256 bits bytes + 32 scale bytes */
 
 /* d >= 0 rounded to the nearest fp16 value (ties to even), as a float: the Q8_0 scale */
 static inline float q1k_fp16_round(float d) {
@@ -102,6 +107,9 @@ typedef void (*q1k_gemm_fn)(const void * w, int64_t K, int64_t nrows, int64_t g0
                             const void * act, size_t act_stride, int64_t ntok,
                             float * dst, size_t dst_stride);
 
+/* in place: the nrows x K packed weights of q1k_repack -> the kernel's own chunk order */
+typedef void (*q1k_relayout_fn)(void * w, int64_t nrows, int64_t K);
+
 typedef struct {
     const char *  name;   /* "avx512", "avx2", "scalar" */
     q1k_quant_fn  quant;
@@ -110,6 +118,8 @@ typedef struct {
      * bytes, filled by lut_build, and gemm_lut reads them; results equal gemm's bit for bit */
     q1k_lut_fn    lut_build;
     q1k_gemm_fn   gemm_lut;
+    /* NULL: gemm and gemm_lut read q1k_repack's layout; else weights go through it after repacking */
+    q1k_relayout_fn relayout;
 } q1k_kernel;
 
 /* the paths compiled in; NULL entries are absent on this build/architecture */
@@ -123,8 +133,9 @@ int q1k_cpu_has_avx512(void);
 int q1k_cpu_has_avx512vbmi(void);
 
 /* most tokens per MUL_MAT that take the table path of the selected kernel: 0 when it has none
- * or PYBONSAI_Q1_LUT_MAX=0; default Q1K_LUT_MAX_DEFAULT (0 for the AVX-512 kernel on AMD Zen 5
- * and later, where the multiply path measured faster), PYBONSAI_Q1_LUT_MAX=n overrides. Cached. */
+ * or PYBONSAI_Q1_LUT_MAX=0; by default 256 for the AVX2 kernel, Q1K_LUT_MAX_DEFAULT (8) for the
+ * AVX-512 one (0 on AMD Zen 5 and later, where its multiply path measured faster);
+ * PYBONSAI_Q1_LUT_MAX=n overrides. Cached. */
 int q1k_lut_max_tokens(void);
 
 /* selected path: the best SIMD path the CPU has, or NULL (leave Q1_0 to upstream) when it has

@@ -1,11 +1,11 @@
 // pybonsai Q1_0 kernels: table-lookup (LUT) decode path for AVX2.
 //
 // Same tables as the AVX-512 table path (q1_0_kernels.h, "Table-lookup path"), looked up with
-// vpshufb, which indexes one 16-entry table per 128-bit lane. In the packed layout a lane holds
-// 4 rows x 4 byte positions j, and byte j of a row indexes table j, so each 64-byte chunk (16 rows
-// x 32 columns) is first transposed in registers into X = [j0 of rows 0-15 | j1 of rows 0-15]
-// and Y = [j2 | j3] (2 vpshufb + 4 vpermd + 2 vpblendd, shared by every token of a tile). Per
-// token and chunk:
+// vpshufb, which indexes one 16-entry table per 128-bit lane. Byte j of a row indexes table j, so
+// the AVX2 kernel keeps each 64-byte chunk (16 rows x 32 columns) transposed (relayout_avx2, at
+// load time): X = [j0 of rows 0-15 | j1 of rows 0-15], Y = [j2 | j3]. (Transposing in registers
+// instead, 2 vpshufb + 4 vpermd + 2 vpblendd per chunk on the shuffle port the lookups use, made
+// one token 40% slower.) Per token and chunk:
 //   - 8 vpshufb look up the ql sums (TL) and qh sums (TH) of the low and high nibbles of X and Y;
 //   - 3 vpaddb each add the 4 lookups: TL sums fit unsigned bytes (4 x 60), TH sums signed
 //     bytes (4 x -32..28), made unsigned by xor 0x80 (+128);
@@ -14,7 +14,7 @@
 //     even and odd) of each row: S1 + 2*16*128 per row, exact;
 //   - the bias is removed and S1 goes through the multiply path's float epilogue in the same
 //     order (q1_0_avx2.cpp), so results equal it bit for bit.
-// About 46 vector ops per chunk for one token instead of the multiply path's ~86.
+// About 38 vector ops per chunk for one token instead of the multiply path's ~86.
 //
 // Compiled with a file-level target pragma; only called after the runtime cpuid check;
 // internal linkage, C headers only.
@@ -85,11 +85,6 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
     const __m256i nib   = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char) 0x80);
     const __m256i w116  = _mm256_set1_epi16(0x1001);  // bytes (1, 16): TL + 16*TH
     const __m256i bias  = _mm256_set1_epi16(2 * 16 * 128);
-    // in each lane: 4 rows x 4 bytes -> 4 dwords, dword j = byte j of the 4 rows
-    const __m256i tbyte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
-                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m256i pj01 = _mm256_setr_epi32(0, 4, 0, 4, 1, 5, 1, 5);
-    const __m256i pj23 = _mm256_setr_epi32(2, 6, 2, 6, 3, 7, 3, 7);
     const size_t  rec  = q1k_act_stride(nb * Q1K_QK);
     const float *   c1[NT];
     const float *   corr[NT];
@@ -107,16 +102,12 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
         const uint8_t * bits = gbits + b * 256;
         __m256 bf[NT][2];
         for (int c = 0; c < 4; c++) {
-            const __m256i x0 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) (bits + c * 64)), tbyte);
-            const __m256i x1 = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32)), tbyte);
+            // X = [byte 0 of rows 0-15 | byte 1], Y = [byte 2 | byte 3] (the AVX2 chunk layout)
+            const __m256i X = _mm256_loadu_si256((const __m256i *) (bits + c * 64));
+            const __m256i Y = _mm256_loadu_si256((const __m256i *) (bits + c * 64 + 32));
             if (Q1K_PF > 0 && pf) {
                 _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
             }
-            // X = [byte 0 of rows 0-15 | byte 1], Y = [byte 2 | byte 3]
-            const __m256i X = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(x0, pj01),
-                                                 _mm256_permutevar8x32_epi32(x1, pj01), 0xCC);
-            const __m256i Y = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(x0, pj23),
-                                                 _mm256_permutevar8x32_epi32(x1, pj23), 0xCC);
             const __m256i xl = _mm256_and_si256(X, nib), xh = _mm256_and_si256(_mm256_srli_epi16(X, 4), nib);
             const __m256i yl = _mm256_and_si256(Y, nib), yh = _mm256_and_si256(_mm256_srli_epi16(Y, 4), nib);
 #pragma GCC unroll 4
@@ -168,6 +159,29 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
     }
 }
 
+// q1k_repack's chunks -> the AVX2 layout: per 64-byte chunk, byte 16*j + r = byte 4*r + j
+void relayout_avx2(void * w, int64_t nrows, int64_t K) {
+    // in each lane: 4 rows x 4 bytes -> 4 dwords, dword j = byte j of the 4 rows
+    const __m256i tbyte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i pj01  = _mm256_setr_epi32(0, 4, 0, 4, 1, 5, 1, 5);
+    const __m256i pj23  = _mm256_setr_epi32(2, 6, 2, 6, 3, 7, 3, 7);
+    const int64_t nb     = K / Q1K_QK;
+    const int64_t groups = (nrows + Q1K_ROWS - 1) / Q1K_ROWS;
+    for (int64_t g = 0; g < groups; g++) {
+        uint8_t * gbits = (uint8_t *) w + (size_t) g * nb * Q1K_GROUP_BLOCK_BYTES;
+        for (int64_t i = 0; i < nb * 4; i++) {
+            uint8_t *     chunk = gbits + i * 64;
+            const __m256i x0    = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) chunk), tbyte);
+            const __m256i x1    = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) (chunk + 32)), tbyte);
+            _mm256_storeu_si256((__m256i *) chunk, _mm256_blend_epi32(_mm256_permutevar8x32_epi32(x0, pj01),
+                                                                      _mm256_permutevar8x32_epi32(x1, pj01), 0xCC));
+            _mm256_storeu_si256((__m256i *) (chunk + 32), _mm256_blend_epi32(_mm256_permutevar8x32_epi32(x0, pj23),
+                                                                             _mm256_permutevar8x32_epi32(x1, pj23), 0xCC));
+        }
+    }
+}
+
 void gemm_lut_avx2(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1, const void * act,
                    size_t act_stride, int64_t ntok, float * dst, size_t dst_stride) {
     const int64_t nb = K / Q1K_QK;
@@ -206,6 +220,10 @@ extern "C" q1k_gemm_fn q1k_gemm_lut_avx2(void) {
     return gemm_lut_avx2;
 }
 
+extern "C" q1k_relayout_fn q1k_relayout_avx2(void) {
+    return relayout_avx2;
+}
+
 #else
 
 extern "C" q1k_lut_fn q1k_lut_build_avx2(void) {
@@ -213,6 +231,10 @@ extern "C" q1k_lut_fn q1k_lut_build_avx2(void) {
 }
 
 extern "C" q1k_gemm_fn q1k_gemm_lut_avx2(void) {
+    return 0;
+}
+
+extern "C" q1k_relayout_fn q1k_relayout_avx2(void) {
     return 0;
 }
 

@@ -137,6 +137,6 @@ static void gemm_scalar(const void * w, int64_t K, int64_t nrows, int64_t g0, in
 }
 
 const q1k_kernel * q1k_kernel_scalar(void) {
-    static const q1k_kernel k = { "scalar", quant_scalar, gemm_scalar, NULL, NULL };
+    static const q1k_kernel k = { "scalar", quant_scalar, gemm_scalar, NULL, NULL, NULL };
     return &k;
 }

@@ -42,6 +42,7 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
     for (int64_t i = 0; i < K * ntok; i++) x[i] = (rndf() - 0.5f) * (i % 37 == 0 ? 20.0f : 2.0f);
     if (ntok > 1) memset(x + K, 0, sizeof(float) * (size_t) K);  // an all-zero token
     q1k_repack(wq, wp, nrows, K);
+    if (k->relayout) k->relayout(wp, nrows, K);
     for (int64_t t = 0; t < ntok; t++) {  // the path's quant in two block ranges (the thread split)
         k->quant(x + t * K, act + t * st, K, nb / 2, nb);
         k->quant(x + t * K, act + t * st, K, 0, nb / 2);
