@@ -103,9 +103,9 @@ const q1k_kernel * q1k_select(void) {
                               // pp16 was faster on the multiply path (benchmarks/RESULTS.md)
 #endif
 
-/* AMD family 1Ah (Zen 5) or later: four full-width 512-bit pipes run the multiply path's vpdpbusd
- * fast enough that it beat the AVX-512 table path at 1 and 8 tokens in the 8B decode, both
- * thread counts (benchmarks/RESULTS.md); its AVX2 table path still beat the AVX2 multiply path. */
+/* AMD family 1Ah (Zen 5) or later: full-width 512-bit vpdpbusd makes the multiply path fast enough
+ * that it beat the AVX-512 table path from 5 tokens on in the 8B model (pp8 49 vs 42 t/s, one
+ * thread), while the table path won at 1-4 tokens (benchmarks/RESULTS.md). */
 static int q1k_cpu_is_amd_zen5_or_later(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     unsigned int a = 0, b = 0, c = 0, d = 0;
@@ -135,7 +135,7 @@ static int q1k_lut_default(const q1k_kernel * k) {
         return Q1K_LUT_MAX_AVX2;
     }
     if (k != NULL && strcmp(k->name, "avx512") == 0 && q1k_cpu_is_amd_zen5_or_later()) {
-        return 0;
+        return 4;
     }
     return Q1K_LUT_MAX_DEFAULT;
 }

@@ -134,7 +134,7 @@ int q1k_cpu_has_avx512vbmi(void);
 
 /* most tokens per MUL_MAT that take the table path of the selected kernel: 0 when it has none
  * or PYBONSAI_Q1_LUT_MAX=0; by default 256 for the AVX2 kernel, Q1K_LUT_MAX_DEFAULT (8) for the
- * AVX-512 one (0 on AMD Zen 5 and later, where its multiply path measured faster);
+ * AVX-512 one (4 on AMD Zen 5 and later, where its multiply path measured faster from 5 tokens);
  * PYBONSAI_Q1_LUT_MAX=n overrides. Cached. */
 int q1k_lut_max_tokens(void);
 

@@ -12,7 +12,8 @@
 // Per chunk: 3 index ops + 4 vpermb + 4 vpdpbusd instead of 24 ops, for the same integer S1,
 // converted and scaled in exactly the multiply path's order, so results are bit-identical.
 // The tables cost ~40 ops per 32 activations per token: worth it for few tokens (decode, small
-// batches); q1k_lut_max_tokens() decides where the multiply path takes over.
+// batches); q1k_lut_max_tokens() decides where the multiply path takes over. They take 1 KiB per
+// 128 columns and token, so K is processed in slices whose tables stay in L1 (gemm_lut_avx512).
 //
 // Compiled with a file-level target pragma; only called after the runtime cpuid check
 // (q1_0_dispatch.c: AVX-512 with VBMI); internal linkage, C headers only.
@@ -82,6 +83,18 @@ struct table_path {
 template <int NT>
 static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
                  size_t act_stride, __m512 * res, bool pf) {
+    for (int t = 0; t < NT; t++) {
+        res[t] = _mm512_setzero_ps();
+    }
+    blocks<NT>(gbits, gscale, nb, 0, nb, act, act_stride, res, pf ? Q1K_PF : 0);
+}
+
+// blocks [b0, b1) of one group x NT tokens, added to accf[t] in block order (the float epilogue's
+// order, so splitting the blocks into ranges changes no result); pf: prefetch distance in bytes
+// (0: none), applied to the bits and, when the stream is not linear, the scales
+template <int NT>
+static inline void blocks(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, int64_t b0, int64_t b1,
+                          const uint8_t * act, size_t act_stride, __m512 * io, size_t pf) {
     const __m512i nib = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1), sixteen = _mm512_set1_epi8(16);
     const __m512i slot = _mm512_set1_epi32(0x30201000);
     const size_t  rec  = q1k_act_stride(nb * Q1K_QK);
@@ -94,16 +107,19 @@ static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
         c1[t]   = (const float *) (a + nb * Q1K_QK);
         corr[t] = c1[t] + nb * 4;
         lut[t]  = a + rec;
-        accf[t] = _mm512_setzero_ps();
+        accf[t] = io[t];
     }
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         const uint8_t * bits = gbits + b * 256;
         __m512 bf[NT];
+        if (pf > Q1K_PF && (b & 1) == 0) {  // sliced: the scales of a later group, one line per 2 blocks
+            _mm_prefetch((const char *) (gscale + b * Q1K_ROWS) + pf, Q1K_PF_HINT);
+        }
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             const __m512i x = _mm512_loadu_si512((const void *) (bits + c * 64));
-            if (Q1K_PF > 0 && pf) {
-                _mm_prefetch((const char *) (bits + c * 64 + Q1K_PF), Q1K_PF_HINT);
+            if (pf > 0) {
+                _mm_prefetch((const char *) (bits + c * 64 + pf), Q1K_PF_HINT);
             }
             // 0xEA: (x & nib) | slot
             const __m512i ilo = _mm512_ternarylogic_epi32(x, nib, slot, 0xEA);
@@ -125,14 +141,73 @@ static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
         add_block<NT>(accf, bf, gscale, corr, b);
     }
     for (int t = 0; t < NT; t++) {
-        res[t] = accf[t];
+        io[t] = accf[t];
     }
 }
 };
 
+#ifndef Q1K_LUT_SLICE_BYTES
+#define Q1K_LUT_SLICE_BYTES 16384  // tables of all tokens of a tile per K slice: they stay in L1 while
+                                   // the slice sweeps the groups (a row's whole tables, 32-96 KiB per
+                                   // token for the 8B shapes, were evicted by the weight stream: from
+                                   // DRAM, one token took 26-42 cycles per 2048 weights at K = 4096
+                                   // and 17 at K = 1024, Zen 5)
+#endif
+
+template <int NT>
+inline void sliced_tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, int64_t b0, int64_t b1,
+                        const uint8_t * act, size_t act_stride, float * dst, size_t dst_stride, __mmask16 rows,
+                        size_t pf) {
+    __m512 acc[NT];
+    for (int t = 0; t < NT; t++) {  // the partial sums of the earlier slices, kept in dst
+        acc[t] = b0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rows, dst + t * dst_stride);
+    }
+    table_path::blocks<NT>(gbits, gscale, nb, b0, b1, act, act_stride, acc, pf);
+    for (int t = 0; t < NT; t++) {
+        _mm512_mask_storeu_ps(dst + t * dst_stride, rows, acc[t]);
+    }
+}
+
+// rows of groups [g0, g1) x ntok tokens, K in slices of blocks whose tables (1 KiB per block and
+// token) fill Q1K_LUT_SLICE_BYTES for the largest tile: each slice runs over all the groups before
+// the next, so its tables stay in L1; partial sums wait in dst
 void gemm_lut_avx512(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1, const void * act,
                      size_t act_stride, int64_t ntok, float * dst, size_t dst_stride) {
-    gemm_groups<table_path>(w, K, nrows, g0, g1, act, act_stride, ntok, dst, dst_stride);
+    const int64_t nb    = K / Q1K_QK;
+    const int64_t tile  = ntok >= 8 ? 8 : ntok >= 4 ? 4 : ntok >= 2 ? 2 : 1;
+    const int64_t slice = Q1K_LUT_SLICE_BYTES / (1024 * tile) > 2 ? Q1K_LUT_SLICE_BYTES / (1024 * tile) : 2;
+    if (nb <= slice) {
+        gemm_groups<table_path>(w, K, nrows, g0, g1, act, act_stride, ntok, dst, dst_stride);
+        return;
+    }
+    const size_t gstride = (size_t) nb * Q1K_GROUP_BLOCK_BYTES;
+    // the same slice of the group that many groups ahead: about Q1K_PF bytes of stream ahead
+    const size_t pf_groups = (Q1K_PF + (size_t) slice * 256 - 1) / ((size_t) slice * 256);
+    const size_t pf        = Q1K_PF > 0 ? pf_groups * gstride : 0;
+    for (int64_t b0 = 0; b0 < nb; b0 += slice) {
+        const int64_t b1 = b0 + slice < nb ? b0 + slice : nb;
+        for (int64_t g = g0; g < g1; g++) {
+            const uint8_t *  gbits  = (const uint8_t *) w + (size_t) g * gstride;
+            const uint16_t * gscale = (const uint16_t *) (gbits + (size_t) nb * 256);
+            const int64_t    left   = nrows - g * Q1K_ROWS;
+            const __mmask16  rows   = left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1);
+            int64_t t = 0;
+            while (t < ntok) {
+                const uint8_t * a  = (const uint8_t *) act + t * act_stride;
+                float *         o  = dst + t * dst_stride + g * Q1K_ROWS;
+                const int64_t   n  = ntok - t;
+                const int       nt = n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+                const size_t    p  = t == 0 ? pf : 0;
+                switch (nt) {
+                    case 8: sliced_tile<8>(gbits, gscale, nb, b0, b1, a, act_stride, o, dst_stride, rows, p); break;
+                    case 4: sliced_tile<4>(gbits, gscale, nb, b0, b1, a, act_stride, o, dst_stride, rows, p); break;
+                    case 2: sliced_tile<2>(gbits, gscale, nb, b0, b1, a, act_stride, o, dst_stride, rows, p); break;
+                    default: sliced_tile<1>(gbits, gscale, nb, b0, b1, a, act_stride, o, dst_stride, rows, p); break;
+                }
+                t += nt;
+            }
+        }
+    }
 }
 
 }  // namespace

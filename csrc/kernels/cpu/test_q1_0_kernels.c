@@ -142,7 +142,7 @@ int main(int argc, char ** argv) {
     if (q1k_kernel_avx512() && q1k_cpu_has_avx512()) paths[2] = q1k_kernel_avx512();
     else printf("avx512 path: not supported here, skipped\n");
     const int64_t rows[] = { 16, 5, 37, 67 };
-    const int64_t ks[]   = { 128, 384, 640 };
+    const int64_t ks[]   = { 128, 384, 640, 1152, 2176 };  // 9 and 17 blocks: table-path K slices of 8 + a rest
     const int64_t toks[] = { 1, 2, 3, 5, 8, 9, 17 };
     int fails = 0;
     for (int p = 0; p < 3; p++) {
