@@ -77,8 +77,11 @@ void quant_avx2(const float * x, void * dst, int64_t K, int64_t b0, int64_t b1) 
     }
 }
 
+#include "q1_0_avx2_groups.h"
+
+struct multiply_path {
 template <int NT>
-inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
+static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
                  size_t act_stride, float * dst, size_t dst_stride, int nvalid, bool pf) {
     const __m256i ones8  = _mm256_set1_epi8(1);
     const __m256i ones16 = _mm256_set1_epi16(1);
@@ -143,45 +146,14 @@ inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, con
         }
     }
     for (int t = 0; t < NT; t++) {
-        float * o = dst + t * dst_stride;
-        if (nvalid >= 16) {
-            _mm256_storeu_ps(o, accf[t][0]);
-            _mm256_storeu_ps(o + 8, accf[t][1]);
-        } else {
-            float tmp[16];
-            _mm256_storeu_ps(tmp, accf[t][0]);
-            _mm256_storeu_ps(tmp + 8, accf[t][1]);
-            for (int r = 0; r < nvalid; r++) {
-                o[r] = tmp[r];
-            }
-        }
+        store_rows(dst + t * dst_stride, accf[t][0], accf[t][1], nvalid);
     }
 }
+};
 
 void gemm_avx2(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1, const void * act,
                size_t act_stride, int64_t ntok, float * dst, size_t dst_stride) {
-    const int64_t nb = K / Q1K_QK;
-    for (int64_t g = g0; g < g1; g++) {
-        const uint8_t *  gbits  = (const uint8_t *) w + (size_t) g * nb * Q1K_GROUP_BLOCK_BYTES;
-        const uint16_t * gscale = (const uint16_t *) (gbits + (size_t) nb * 256);
-        const int64_t    left   = nrows - g * Q1K_ROWS;
-        const int        nvalid = left >= 16 ? 16 : (int) left;
-        int64_t t = 0;
-        while (t < ntok) {
-            const uint8_t * a = (const uint8_t *) act + t * act_stride;
-            float *         o = dst + t * dst_stride + g * Q1K_ROWS;
-            if (ntok - t >= 4) {
-                tile<4>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
-                t += 4;
-            } else if (ntok - t >= 2) {
-                tile<2>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
-                t += 2;
-            } else {
-                tile<1>(gbits, gscale, nb, a, act_stride, o, dst_stride, nvalid, t == 0);
-                t += 1;
-            }
-        }
-    }
+    gemm_groups_avx2<multiply_path>(w, K, nrows, g0, g1, act, act_stride, ntok, dst, dst_stride);
 }
 
 }  // namespace

@@ -25,6 +25,17 @@ inline void add_block(__m512 * accf, const __m512 * bf, const uint16_t * gscale,
     }
 }
 
+// the valid rows of group g (rows past nrows are padding)
+inline __mmask16 group_rows(int64_t nrows, int64_t g) {
+    const int64_t left = nrows - g * Q1K_ROWS;
+    return left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1);
+}
+
+// tokens in the next tile, n tokens being left: 8, 4, 2 or 1
+inline int tile_tokens(int64_t n) {
+    return n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+}
+
 template <class Path, int NT>
 inline void store_tile(const uint8_t * gbits, const uint16_t * gscale, int64_t nb, const uint8_t * act,
                        size_t act_stride, float * dst, size_t dst_stride, __mmask16 rows, bool pf) {
@@ -43,14 +54,12 @@ void gemm_groups(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g
     for (int64_t g = g0; g < g1; g++) {
         const uint8_t *  gbits  = (const uint8_t *) w + (size_t) g * nb * Q1K_GROUP_BLOCK_BYTES;
         const uint16_t * gscale = (const uint16_t *) (gbits + (size_t) nb * 256);
-        const int64_t    left   = nrows - g * Q1K_ROWS;
-        const __mmask16  rows   = left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1);
+        const __mmask16  rows   = group_rows(nrows, g);
         int64_t t = 0;
         while (t < ntok) {
-            const uint8_t * a = (const uint8_t *) act + t * act_stride;
-            float *         o = dst + t * dst_stride + g * Q1K_ROWS;
-            const int64_t   n = ntok - t;
-            const int       nt = n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+            const uint8_t * a  = (const uint8_t *) act + t * act_stride;
+            float *         o  = dst + t * dst_stride + g * Q1K_ROWS;
+            const int       nt = tile_tokens(ntok - t);
             switch (nt) {
                 case 8: store_tile<Path, 8>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows, t == 0); break;
                 case 4: store_tile<Path, 4>(gbits, gscale, nb, a, act_stride, o, dst_stride, rows, t == 0); break;

@@ -174,7 +174,7 @@ inline void sliced_tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
 void gemm_lut_avx512(const void * w, int64_t K, int64_t nrows, int64_t g0, int64_t g1, const void * act,
                      size_t act_stride, int64_t ntok, float * dst, size_t dst_stride) {
     const int64_t nb    = K / Q1K_QK;
-    const int64_t tile  = ntok >= 8 ? 8 : ntok >= 4 ? 4 : ntok >= 2 ? 2 : 1;
+    const int64_t tile  = tile_tokens(ntok);
     const int64_t slice = Q1K_LUT_SLICE_BYTES / (1024 * tile) > 2 ? Q1K_LUT_SLICE_BYTES / (1024 * tile) : 2;
     if (nb <= slice) {
         gemm_groups<table_path>(w, K, nrows, g0, g1, act, act_stride, ntok, dst, dst_stride);
@@ -189,14 +189,12 @@ void gemm_lut_avx512(const void * w, int64_t K, int64_t nrows, int64_t g0, int64
         for (int64_t g = g0; g < g1; g++) {
             const uint8_t *  gbits  = (const uint8_t *) w + (size_t) g * gstride;
             const uint16_t * gscale = (const uint16_t *) (gbits + (size_t) nb * 256);
-            const int64_t    left   = nrows - g * Q1K_ROWS;
-            const __mmask16  rows   = left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1);
+            const __mmask16  rows   = group_rows(nrows, g);
             int64_t t = 0;
             while (t < ntok) {
                 const uint8_t * a  = (const uint8_t *) act + t * act_stride;
                 float *         o  = dst + t * dst_stride + g * Q1K_ROWS;
-                const int64_t   n  = ntok - t;
-                const int       nt = n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+                const int       nt = tile_tokens(ntok - t);
                 const size_t    p  = t == 0 ? pf : 0;
                 switch (nt) {
                     case 8: sliced_tile<8>(gbits, gscale, nb, b0, b1, a, act_stride, o, dst_stride, rows, p); break;
