@@ -137,13 +137,7 @@ static inline void tile(const uint8_t * gbits, const uint16_t * gscale, int64_t 
                 }
             }
         }
-        const __m256 dw0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gscale + b * Q1K_ROWS)));
-        const __m256 dw1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gscale + b * Q1K_ROWS + 8)));
-        for (int t = 0; t < NT; t++) {
-            const __m256 cr = _mm256_set1_ps(corr[t][b]);
-            accf[t][0]      = _mm256_fmadd_ps(dw0, _mm256_sub_ps(bf[t][0], cr), accf[t][0]);
-            accf[t][1]      = _mm256_fmadd_ps(dw1, _mm256_sub_ps(bf[t][1], cr), accf[t][1]);
-        }
+        add_block<NT>(accf, bf, gscale, corr, b);
     }
     for (int t = 0; t < NT; t++) {
         store_rows(dst + t * dst_stride, accf[t][0], accf[t][1], nvalid);

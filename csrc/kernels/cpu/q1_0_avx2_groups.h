@@ -8,6 +8,20 @@
 #ifndef PYBONSAI_Q1_0_AVX2_GROUPS_H
 #define PYBONSAI_Q1_0_AVX2_GROUPS_H
 
+// The float epilogue of both paths, in one order so that their results are bit-identical: per
+// block, acc += dw * (bf - corr) for rows 0-7 ([0]) and 8-15 ([1]) of every token.
+template <int NT>
+inline void add_block(__m256 (*accf)[2], const __m256 (*bf)[2], const uint16_t * gscale,
+                      const float * const * corr, int64_t b) {
+    const __m256 dw0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gscale + b * Q1K_ROWS)));
+    const __m256 dw1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gscale + b * Q1K_ROWS + 8)));
+    for (int t = 0; t < NT; t++) {
+        const __m256 cr = _mm256_set1_ps(corr[t][b]);
+        accf[t][0]      = _mm256_fmadd_ps(dw0, _mm256_sub_ps(bf[t][0], cr), accf[t][0]);
+        accf[t][1]      = _mm256_fmadd_ps(dw1, _mm256_sub_ps(bf[t][1], cr), accf[t][1]);
+    }
+}
+
 // the 16 row results of one token (rows 0-7, 8-15) -> o[0..nvalid)
 inline void store_rows(float * o, __m256 lo, __m256 hi, int nvalid) {
     if (nvalid >= 16) {
