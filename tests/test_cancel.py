@@ -25,6 +25,15 @@ def llm(mid_model_path):
         yield llm
 
 
+def _quarter_of_the_prefill(llm: Llama) -> float:
+    """Seconds to wait before stopping the 2,000-token prefill: twice a 256-token eval (about a
+    quarter of the way in, attention growing with depth), so that a fast machine does not finish first."""
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(PROMPT[:256])
+    return min(0.5, max(0.02, 2 * (time.perf_counter() - start)))
+
+
 def _eval_in_thread(llm: Llama, tokens) -> tuple[threading.Thread, dict]:
     out: dict = {}
 
@@ -42,9 +51,10 @@ def _eval_in_thread(llm: Llama, tokens) -> tuple[threading.Thread, dict]:
 
 def test_cancel_stops_a_prefill_from_another_thread(llm):
     expected = greedy(llm)
+    wait = _quarter_of_the_prefill(llm)
     llm.reset()
     t, out = _eval_in_thread(llm, PROMPT)
-    time.sleep(0.3)
+    time.sleep(wait)
     asked = time.perf_counter()
     llm.cancel()
     t.join(60)
@@ -94,9 +104,13 @@ CTRL_C = textwrap.dedent("""
     from pybonsai import Llama
     llm = Llama(sys.argv[1], n_ctx=2112, n_batch=2048, n_ubatch=256, n_threads=2)
     before = llm.create_completion(list(range(100, 116)), max_tokens=6, temperature=0)["choices"][0]["text"]
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval([i % 250 for i in range(256)])
+    wait = min(0.5, max(0.02, 2 * (time.perf_counter() - start)))  # ~a quarter of the 2,000-token prefill
     sent = {}
     def interrupt():
-        time.sleep(0.5)
+        time.sleep(wait)
         sent["t"] = time.perf_counter()
         os.kill(os.getpid(), signal.SIGINT)
     threading.Thread(target=interrupt).start()

@@ -43,11 +43,14 @@ CYCLES = textwrap.dedent("""
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
 def test_ninety_load_generate_close_cycles_do_not_leak(mid_model_path):
-    """A leak grows RSS in every stretch of cycles; the allocator's one-time growth (seen once as
-    +6% between cycles 5 and 50 on a CI machine, never again locally over 150 cycles) shows in
-    one stretch at most: both stretches of 30 cycles after warm-up must stay within 2%."""
+    """A leak grows RSS in every stretch of cycles: both stretches of 30 cycles after warm-up must
+    stay within 2%. glibc's mmap threshold is pinned for the child: left dynamic, it rises the first
+    time a large mmapped block is freed, and the same-sized blocks then come from the heap, a
+    one-time step of 3-5 MB (6-8% of this model's RSS) that landed in a measured stretch on some
+    machines and runs (with the threshold pinned: flat over 240 cycles, every kernel path)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     proc = subprocess.run([sys.executable, "-c", CYCLES, str(mid_model_path)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     warm, mid, end = json.loads(proc.stdout.strip().splitlines()[-1])["samples"]
     grow = [(b["rss"] - a["rss"]) / warm["rss"] for a, b in ((warm, mid), (mid, end))]
