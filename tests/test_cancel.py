@@ -101,6 +101,8 @@ def test_generate_is_cancellable_between_tokens(llm):
 
 CTRL_C = textwrap.dedent("""
     import os, signal, sys, threading, time
+    # a runner started as a background job passes SIGINT on ignored; Ctrl-C must raise here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pybonsai import Llama
     llm = Llama(sys.argv[1], n_ctx=2112, n_batch=2048, n_ubatch=256, n_threads=2)
     before = llm.create_completion(list(range(100, 116)), max_tokens=6, temperature=0)["choices"][0]["text"]

@@ -170,7 +170,10 @@ def test_chat_ctrl_c_stops_the_answer_not_the_program(tiny_model_path):
 
     with subprocess.Popen([sys.executable, "-m", "pybonsai", "chat", "-m", str(tiny_model_path), "--ctx", "2048",
                            "--seed", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=dict(os.environ, PYTHONIOENCODING="utf-8")) as proc:
+                          env=dict(os.environ, PYTHONIOENCODING="utf-8"),
+                          # a runner started as a background job passes SIGINT on ignored, and Python
+                          # then installs no KeyboardInterrupt handler: give the child the default
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         threads = [threading.Thread(target=pump, args=(n, s), daemon=True)
                    for n, s in (("out", proc.stdout), ("err", proc.stderr))]
         for t in threads:

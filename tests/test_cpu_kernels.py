@@ -89,9 +89,10 @@ _RUNNER = textwrap.dedent("""
         return None, 0
 
     model, out, n_threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    lo, hi = (100, 20000) if len(sys.argv) < 5 else (0, int(sys.argv[4]))  # token ids drawn from [lo, hi)
     llm = Llama(model, n_ctx=128, n_batch=64, logits_all=True, n_threads=n_threads)
     rng = np.random.default_rng(1)
-    toks = [int(t) for t in rng.integers(100, 20000, size=43)]
+    toks = [int(t) for t in rng.integers(lo, hi, size=43)]
     llm.eval(toks[:32])            # one batch: the GEMM path
     for t in toks[32:40]:          # single tokens: the GEMV path
         llm.eval([t])
@@ -102,14 +103,16 @@ _RUNNER = textwrap.dedent("""
 """)
 
 
-def _run_logits(model: Path, out: Path, kernel: str | None, n_threads: int, **extra_env: str) -> dict:
+def _run_logits(model: Path, out: Path, kernel: str | None, n_threads: int, token_limit: int | None = None,
+                **extra_env: str) -> dict:
     env = dict(os.environ)
     env.pop("PYBONSAI_Q1_KERNEL", None)
     env.pop("PYBONSAI_Q1_LUT_MAX", None)
     if kernel:
         env["PYBONSAI_Q1_KERNEL"] = kernel
     env.update(extra_env)
-    res = subprocess.run([sys.executable, "-c", _RUNNER, str(model), str(out), str(n_threads)],
+    args = [str(token_limit)] if token_limit else []
+    res = subprocess.run([sys.executable, "-c", _RUNNER, str(model), str(out), str(n_threads), *args],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -166,6 +169,19 @@ def test_table_path_matches_multiply_path(tiny_model_path: Path, tmp_path: Path,
         pytest.skip("the AVX-512 table path needs VBMI")
     assert info["kernel"] in ("avx512", "avx2")
     assert info["lut_max_tokens"] >= 3
+    np.testing.assert_array_equal(np.load(lut), np.load(mul))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_sliced_table_path_matches_multiply_path(mid_model_path: Path, tmp_path: Path, n_threads: int) -> None:
+    """On the mid model (K = 1024 and 3072) the AVX-512 table path runs K in slices (16 KiB of tables
+    per tile: 16 blocks for one token, 2 for an 8-token tile), keeping partial sums in the output
+    between slices; its logits still equal the multiply path's bit for bit."""
+    lut, mul = tmp_path / "lut.npy", tmp_path / "mul.npy"
+    info = _run_logits(mid_model_path, lut, None, n_threads, 250, PYBONSAI_Q1_LUT_MAX="64")
+    _run_logits(mid_model_path, mul, None, n_threads, 250, PYBONSAI_Q1_LUT_MAX="0")
+    if info["kernel"] != "avx512" or not _cpu_has_vbmi():
+        pytest.skip(f"no AVX-512 table path here (kernel {info['kernel']})")
     np.testing.assert_array_equal(np.load(lut), np.load(mul))
 
 
