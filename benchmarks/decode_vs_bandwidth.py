@@ -11,7 +11,9 @@ with that many threads), then alternating repetitions of
 and for every kernel variant asked for (`--variants`: auto = the default choice, mul = the
 multiply path only (PYBONSAI_Q1_LUT_MAX=0), lut = the table path up to 8 tokens
 (PYBONSAI_Q1_LUT_MAX=8), avx2 = PYBONSAI_Q1_KERNEL=avx2 (its default table limit), avx2mul =
-the AVX2 multiply path only, smallpages = the default on 4 KiB pages (PYBONSAI_HUGEPAGES=0)).
+the AVX2 multiply path only, smallpages = the default on 4 KiB pages (PYBONSAI_HUGEPAGES=0),
+nofa = the default kernels with flash attention off (every other variant runs llama.cpp's default
+"auto", on for the CPU, as upstream llama-bench does)).
 The ceiling is bandwidth / bytes read per token: every weight a token reads (all matrices incl.
 the LM head, norms, one embedding row) plus the f16 KV cache at the mean depth of tg32.
 Multi-column: `pybonsai bench -p N -n 0` for N = 2, 4, 8, 16 (N tokens per decode call read the
@@ -35,8 +37,8 @@ from common import ROOT, model_file, run_llama_bench, upstream_llama_bench
 API_CHILD = textwrap.dedent("""
     import json, sys, time
     from pybonsai import Llama
-    model, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    llm = Llama(model, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False)
+    model, threads, reps, fa = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    llm = Llama(model, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False, flash_attn=fa)
     ban = {str(t): -100.0 for t in range(llm.n_vocab()) if llm.model.is_eog(t)}
 
     def run(n):
@@ -92,15 +94,15 @@ def bytes_per_token(model: Path, depth: float) -> tuple[float, dict]:
     return weights + kv, {"weights_bytes": weights, "kv_bytes_at_mean_depth": kv, "tied_embeddings": tied}
 
 
-def run_ours_bench(model: Path, threads: int, env: dict, prompt: str, gen: str) -> dict[str, float]:
+def run_ours_bench(model: Path, threads: int, env: dict, fa: str, prompt: str, gen: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-m", "pybonsai", "bench", str(model), "-p", prompt, "-n", gen,
-                          "-t", str(threads), "-r", "1", "--json"], check=True, capture_output=True, text=True,
-                         env=env).stdout
+                          "-t", str(threads), "-r", "1", "-fa", fa, "--json"], check=True, capture_output=True,
+                         text=True, env=env).stdout
     return {r["test"]: r["tokens_per_s"] for r in json.loads(out)}
 
 
-def run_api(model: Path, threads: int, env: dict, reps: int) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", API_CHILD, str(model), str(threads), str(reps)], check=True,
+def run_api(model: Path, threads: int, env: dict, fa: str, reps: int) -> list[float]:
+    out = subprocess.run([sys.executable, "-c", API_CHILD, str(model), str(threads), str(reps), fa], check=True,
                          capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -108,7 +110,8 @@ def run_api(model: Path, threads: int, env: dict, reps: int) -> list[float]:
 VARIANTS = {"auto": {}, "mul": {"PYBONSAI_Q1_LUT_MAX": "0"}, "lut": {"PYBONSAI_Q1_LUT_MAX": "8"},
             "avx2": {"PYBONSAI_Q1_KERNEL": "avx2"},
             "avx2mul": {"PYBONSAI_Q1_KERNEL": "avx2", "PYBONSAI_Q1_LUT_MAX": "0"},
-            "smallpages": {"PYBONSAI_HUGEPAGES": "0"}}
+            "smallpages": {"PYBONSAI_HUGEPAGES": "0"}, "nofa": {}}
+FLASH_ATTN = {"nofa": "off"}  # the variants that change -fa (default: auto)
 
 
 def main() -> int:
@@ -138,12 +141,12 @@ def main() -> int:
             rows.setdefault("upstream llama-bench tg32", []).append(
                 run_llama_bench(upstream, model, 0, 32, threads)["tg32"])
             for v in variants:
-                env = dict(os.environ, **VARIANTS[v])
-                rates = run_ours_bench(model, threads, env, ",".join(["0", *columns]), "32")
+                env, fa = dict(os.environ, **VARIANTS[v]), FLASH_ATTN.get(v, "auto")
+                rates = run_ours_bench(model, threads, env, fa, ",".join(["0", *columns]), "32")
                 rows.setdefault(f"[{v}] pybonsai bench tg32", []).append(rates["tg32"])
                 for c in columns:
                     rows.setdefault(f"[{v}] pybonsai bench pp{c} ({c} columns)", []).append(rates[f"pp{c}"])
-                rows.setdefault(f"[{v}] API create_completion stream tg32", []).extend(run_api(model, threads, env, 1))
+                rows.setdefault(f"[{v}] API create_completion stream tg32", []).extend(run_api(model, threads, env, fa, 1))
         bw2 = json.loads(subprocess.run([str(bw_exe), str(threads), str(args.bw_mib), "5"], check=True,
                                         capture_output=True, text=True).stdout)
         med = {k: statistics.median(v) for k, v in rows.items()}

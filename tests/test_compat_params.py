@@ -20,7 +20,7 @@ LLAMA_INIT_DEFAULTS = dict(n_gpu_layers=0, split_mode=1, main_gpu=0, tensor_spli
                            use_mlock=False, n_ctx=512, n_batch=512, n_ubatch=512, rope_scaling_type=-1,
                            pooling_type=-1, attention_type=-1, rope_freq_base=0.0, rope_freq_scale=0.0,
                            yarn_ext_factor=-1.0, yarn_attn_factor=1.0, yarn_beta_fast=32.0, yarn_beta_slow=1.0,
-                           yarn_orig_ctx=0, logits_all=False, embedding=False, offload_kqv=True, flash_attn=False,
+                           yarn_orig_ctx=0, logits_all=False, embedding=False, offload_kqv=True,
                            last_n_tokens_size=64, lora_scale=1.0, numa=False, seed=0xFFFFFFFF)
 COMPLETION = """prompt suffix max_tokens temperature top_p min_p typical_p logprobs echo stop frequency_penalty
 presence_penalty repeat_penalty top_k stream seed tfs_z mirostat_mode mirostat_tau mirostat_eta model
@@ -55,6 +55,15 @@ def test_llama_init_defaults_are_llama_cpp_pythons():
     assert params["model_path"].kind == params["model_path"].POSITIONAL_OR_KEYWORD
     assert all(p.kind == p.KEYWORD_ONLY for name, p in params.items() if name != "model_path")
     assert {name: params[name].default for name in LLAMA_INIT_DEFAULTS} == LLAMA_INIT_DEFAULTS
+
+
+def test_flash_attn_default_is_llama_cpps_auto_and_false_still_turns_it_off():
+    # The one default that differs from llama-cpp-python's (False): None, llama.cpp's "auto",
+    # on for the CPU (README: decode skips the padded KV cells). An explicit False stays off.
+    from pybonsai import kv_cache
+    assert inspect.signature(Llama).parameters["flash_attn"].default is None
+    assert kv_cache.resolve(None, None, None).flash_attn == kv_cache.FLASH_ATTN_AUTO
+    assert kv_cache.resolve(None, None, False).flash_attn == kv_cache.FLASH_ATTN_DISABLED
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def test_names_and_llama_cpp_python_constants_resolve_to_ggml_ids():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(type_v="q8_0"), "requires flash_attn=True"),
+    (dict(type_v="q8_0", flash_attn="off"), "requires flash_attn=True"),
     (dict(type_v=pybonsai.GGML_TYPE_Q4_0, flash_attn=False), "requires flash_attn=True"),
     (dict(type_k="q9_0"), "not a KV cache type"),
     (dict(type_k=41), "not a KV cache type id"),          # Q1_0: a ggml type, not a cache type
@@ -87,11 +87,16 @@ def test_quantized_kv_round_trip_stays_close_to_f16(tiny_model_path):
     assert mean_kl(q4) < 1e-2
 
 
-def test_flash_attention_alone_matches_the_default_path(tiny_model_path):
+def test_flash_attention_matches_the_plain_path_and_is_the_default(tiny_model_path):
     tokens = [int(t) for t in np.random.default_rng(3).integers(0, 151_000, 64)]
-    plain = _logprobs(tiny_model_path, tokens)
+    plain = _logprobs(tiny_model_path, tokens, flash_attn=False)
     fa = _logprobs(tiny_model_path, tokens, flash_attn=True)
     assert np.abs(plain - fa).max() < 0.01 * np.abs(plain).max()
+    assert not np.array_equal(plain, fa)  # two different attention paths ran
+    # the default ("auto") is flash attention on the CPU: the same numbers, bit for bit
+    assert np.array_equal(_logprobs(tiny_model_path, tokens), fa)
+    # and a quantized V cache needs no flash_attn=True under the default
+    assert np.isfinite(_logprobs(tiny_model_path, tokens[:8], type_v="q8_0")).all()
 
 
 def _cli(*args):

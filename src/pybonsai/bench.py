@@ -46,7 +46,7 @@ class BenchResult:
     n_ctx: int = 0
     type_k: str = "f16"
     type_v: str = "f16"
-    flash_attn: str = "off"
+    flash_attn: str = "auto"
     rss_after_load_mb: float = 0.0
     load_s: float = 0.0
 
@@ -95,7 +95,7 @@ def current_rss_mb() -> float:
 
 def run_bench(model_path: str, n_prompt: Sequence[int] = (64,), n_gen: Sequence[int] = (32,), threads: int = 2,
               repetitions: int = 3, n_ctx: int = 0, seed: int = 0, n_depth: Sequence[int] = (0,),
-              type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None, flash_attn=False,
+              type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None, flash_attn=None,
               use_mmap: bool = True) -> list[BenchResult]:
     """Run every pp and tg test at every depth on one loaded model (one KV configuration)."""
     if repetitions < 1:

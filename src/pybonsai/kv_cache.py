@@ -52,7 +52,7 @@ class KVCacheConfig:
 
     type_k: int = GGML_TYPE_F16
     type_v: int = GGML_TYPE_F16
-    flash_attn: int = FLASH_ATTN_DISABLED
+    flash_attn: int = FLASH_ATTN_AUTO
 
     @property
     def names(self) -> tuple[str, str]:
@@ -85,9 +85,10 @@ def parse_type(value: KVType, what: str) -> int:
 
 
 def parse_flash_attn(value: Union[bool, str, int, None]) -> int:
-    """llama-cpp-python's bool (True/False), or "on"/"off"/"auto" as llama.cpp's -fa; None = off."""
+    """llama-cpp-python's bool (True/False), or "on"/"off"/"auto" as llama.cpp's -fa; None = auto,
+    llama.cpp's own default (on wherever the device runs flash attention, as the CPU does)."""
     if value is None:
-        return FLASH_ATTN_DISABLED
+        return FLASH_ATTN_AUTO
     if isinstance(value, bool):
         return FLASH_ATTN_ENABLED if value else FLASH_ATTN_DISABLED
     if isinstance(value, str) and value.strip().lower() in _FLASH_ATTN_WORDS:
@@ -143,7 +144,7 @@ def describe(config: Optional[KVCacheConfig]) -> str:
     return f"k={type_name(c.type_k)} v={type_name(c.type_v)} fa={fa}"
 
 
-def add_cli_options(p, bench: bool = False, flash_attn: str = "off") -> None:
+def add_cli_options(p, bench: bool = False, flash_attn: str = "auto") -> None:
     """llama.cpp's switches: -ctk/-ctv TYPE and -fa on|off|auto, default `flash_attn` (bench:
     comma-separated lists, one configuration per combination, as llama-bench)."""
     lst = " (comma-separated: one configuration each)" if bench else ""

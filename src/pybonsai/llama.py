@@ -83,7 +83,7 @@ class Llama:
         logits_all: bool = False,
         embedding: bool = False,
         offload_kqv: bool = True,
-        flash_attn: bool = False,
+        flash_attn: Union[bool, str, None] = None,  # None: llama.cpp's 'auto'
         op_offload: Optional[bool] = None,
         swa_full: Optional[bool] = None,
         # Sampling

@@ -43,7 +43,7 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
-    kv_cache.add_cli_options(p)  # -fa off by default: see Engine (same text alone or batched)
+    kv_cache.add_cli_options(p, flash_attn="off")  # see Engine: the same text alone or batched
     return p
 
 
