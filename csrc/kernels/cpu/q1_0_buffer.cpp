@@ -10,6 +10,7 @@
 // over its contiguous share of 16-row groups.
 // Registered from ggml-cpu.cpp (vendor/patches/0001-...) when PYBONSAI_CPU_KERNELS is defined.
 #include "q1_0_kernels.h"
+#include "q1_0_op_profile.h"
 
 #include "ggml-backend-impl.h"
 #include "ggml-cpu-impl.h"
@@ -77,6 +78,7 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
         uint8_t * act = (uint8_t *) (((uintptr_t) params->wdata + 63) & ~(uintptr_t) 63);
         GGML_ASSERT(act + ntok * stride <= (uint8_t *) params->wdata + params->wsize);
 
+        const int64_t t_quant = q1k_profile_on() ? q1k_profile_now() : 0;
         // quantize (and tabulate) ntok x nb blocks, a contiguous share per thread, so a single
         // decode token is split across the threads too
         const int64_t nb    = K / Q1K_QK;
@@ -94,7 +96,12 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
                 k->lut_build(act + t * stride, K, b0, b1);
             }
         }
+        const int64_t t_barrier = t_quant ? q1k_profile_now() : 0;
         ggml_barrier(params->threadpool);
+        if (t_quant) {
+            q1k_profile_add(ith, Q1K_PROFILE_QUANT, "MUL_MAT(Q1_0): activation quantization", t_quant, t_barrier,
+                            q1k_profile_now());
+        }
 
         const int64_t groups = (nrows + Q1K_ROWS - 1) / Q1K_ROWS;
         const int64_t g0     = groups * ith / nth;
