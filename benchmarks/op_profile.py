@@ -4,11 +4,11 @@
 Runs decode (one token per eval() call, as `pybonsai bench` tg) in a child with
 PYBONSAI_OP_PROFILE=1 (vendor/patches/0005: ggml-cpu sums each node's compute time and the time
 its thread then waits at the barrier, per op and thread), twice: --short and --long tokens after
-the same prompt, and subtracts, so loading, the prompt and warm-up drop out. Per op: ms per token
-computing and waiting (mean over threads) and its share of the decode wall time; "outside the
-graph" is the rest (llama_decode's bookkeeping, Python). Last, the Q1_0 matrices' read rate
-while they run (weight bytes / their compute time) next to the read bandwidth meter
-(benchmarks/bandwidth.c) measured just before.
+the same prompt of --depth tokens, and subtracts, so loading, the prompt and warm-up drop out.
+Per op: ms per token computing and waiting (mean over threads) and its share of the decode wall
+time; "outside the graph" is the rest (llama_decode's bookkeeping, Python). Last, the Q1_0
+matrices' read rate while they run (weight bytes / their compute time) next to the read
+bandwidth meter (benchmarks/bandwidth.c) measured just before.
 
     python benchmarks/op_profile.py --model bonsai-8b.gguf --threads 2
 """
@@ -29,9 +29,11 @@ from decode_vs_bandwidth import bandwidth_tool, bytes_per_token
 CHILD = textwrap.dedent("""
     import sys, time
     from pybonsai import Llama
-    model, threads, n, fa = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    llm = Llama(model, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False, flash_attn=fa)
+    model, threads, n, fa, depth = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    llm = Llama(model, n_ctx=depth + n + 8, n_threads=threads, n_threads_batch=threads, verbose=False,
+                flash_attn=fa)
     prompt = llm.tokenize(b"The capital of France is")
+    prompt = (prompt * (depth // len(prompt) + 1))[:depth]
     llm.eval(prompt)
     start = time.perf_counter()
     for _ in range(n):
@@ -40,9 +42,9 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def profile(model: Path, threads: int, n: int, fa: str) -> tuple[float, dict]:
+def profile(model: Path, threads: int, n: int, fa: str, depth: int) -> tuple[float, dict]:
     """(decode wall seconds, {(name, thread): [count, compute_ns, wait_ns]}) of one child."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(threads), str(n), fa], check=True,
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(threads), str(n), fa, str(depth)], check=True,
                           capture_output=True, text=True, env=dict(os.environ, PYBONSAI_OP_PROFILE="1"))
     sums = {}
     for line in proc.stderr.splitlines():
@@ -62,12 +64,13 @@ def main() -> int:
     ap.add_argument("--short", type=int, default=16)
     ap.add_argument("--long", type=int, default=80)
     ap.add_argument("--flash-attn", default="auto", help="on, off or auto (Llama's default)")
+    ap.add_argument("--depth", type=int, default=6, help="prompt tokens in the KV cache before decoding")
     args = ap.parse_args()
     model = args.model or model_file("bonsai-8b")
     meter = json.loads(subprocess.run([str(bandwidth_tool()), str(args.threads), "2048", "3"], check=True,
                                       capture_output=True, text=True).stdout)["best_gbps"]
-    wall_s, short = profile(model, args.threads, args.short, args.flash_attn)
-    wall_l, long_ = profile(model, args.threads, args.long, args.flash_attn)
+    wall_s, short = profile(model, args.threads, args.short, args.flash_attn, args.depth)
+    wall_l, long_ = profile(model, args.threads, args.long, args.flash_attn, args.depth)
     tokens = args.long - args.short
     wall_ms = (wall_l - wall_s) * 1e3 / tokens
     per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # count, compute, wait per token
@@ -77,8 +80,9 @@ def main() -> int:
         row[0] += (count - c0) / tokens / args.threads
         row[1] += (compute - p0) / 1e6 / tokens / args.threads
         row[2] += (wait - w0) / 1e6 / tokens / args.threads
-    print(f"{model.name}, {args.threads} thread(s), flash attention {args.flash_attn}, decode tokens "
-          f"{args.short + 1}-{args.long} after a 6-token prompt: {wall_ms:.2f} ms per token ({1e3 / wall_ms:.2f} tok/s)")
+    print(f"{model.name}, {args.threads} thread(s), flash attention {args.flash_attn}, decode at positions "
+          f"{args.depth + args.short + 1}-{args.depth + args.long}: {wall_ms:.2f} ms per token "
+          f"({1e3 / wall_ms:.2f} tok/s)")
     print("| op | nodes per token | compute ms/token | waiting after it, ms/token | share of the token |")
     print("|---|---:|---:|---:|---:|")
     quant = "MUL_MAT(Q1_0): activation quantization"
