@@ -1,9 +1,10 @@
 """Our Q1_0 CPU kernels (csrc/kernels/cpu): unit check of every path, and model-level agreement
-with upstream's kernels.
+with upstream's kernels (Q2_0 at model level: test_q2_0_kernels.py).
 
 - test_kernel_paths: builds csrc/kernels/cpu/test_q1_0_kernels.c against our kernel sources only
   (no ggml) with the system compiler and runs it: each path the CPU supports against a direct
-  computation from the unpacked Q1_0 blocks, at awkward sizes.
+  computation from the unpacked Q1_0 blocks, and from unpacked Q2_0 blocks (q2_0_kernels.h), at
+  awkward sizes.
 - test_logits_match_upstream: the tiny synthetic model's logits (a prefill batch: GEMM, then
   single tokens: GEMV) in subprocesses with PYBONSAI_Q1_KERNEL=upstream (our buffer type off)
   and with each of our paths; mean KL <= 1e-3 and top-token agreement >= 98%.
@@ -39,7 +40,7 @@ def kernel_test_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cc, cxx = tools
     out = tmp_path_factory.mktemp("q1k")
     objs = []
-    for src in sorted(KERNELS.glob("q1_0_*.c*")):
+    for src in sorted([*KERNELS.glob("q1_0_*.c*"), *KERNELS.glob("q2_0_*.c*")]):
         if src.name in ("q1_0_buffer.cpp", "q1_0_attn_glue.cpp"):  # the ggml glue: needs ggml headers
             continue
         obj = out / (src.name + ".o")
@@ -58,6 +59,8 @@ def test_kernel_paths(kernel_test_binary: Path) -> None:
     print(res.stdout)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert "ALL OK" in res.stdout
+    for weights in ("q1_0", "q2_0"):  # both weight types ran (Q2_0: q2_0_kernels.h), on scalar at least
+        assert f"{weights} scalar" in res.stdout
 
 
 def test_forced_path_falls_back(kernel_test_binary: Path) -> None:
@@ -85,8 +88,11 @@ _RUNNER = textwrap.dedent("""
                 except (OSError, AttributeError):
                     continue
                 name.restype = ctypes.c_char_p
-                return name().decode(), lut()
-        return None, 0
+                q2 = getattr(lib, "pybonsai_q2_0_kernel_name", None)
+                if q2 is not None:
+                    q2.restype = ctypes.c_char_p
+                return name().decode(), lut(), q2().decode() if q2 is not None else None
+        return None, 0, None
 
     model, out, n_threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     lo, hi = (100, 20000) if len(sys.argv) < 5 else (0, int(sys.argv[4]))  # token ids drawn from [lo, hi)
@@ -98,8 +104,8 @@ _RUNNER = textwrap.dedent("""
         llm.eval([t])
     llm.eval(toks[40:43])          # 3 tokens: the table path's multi-token tiles (2 + 1)
     np.save(out, llm.scores[:len(toks)])
-    name, lut = kernel_info()
-    print(json.dumps({"kernel": name, "lut_max_tokens": lut}))
+    name, lut, q2 = kernel_info()
+    print(json.dumps({"kernel": name, "lut_max_tokens": lut, "q2_kernel": q2}))
 """)
 
 
@@ -108,6 +114,7 @@ def _run_logits(model: Path, out: Path, kernel: str | None, n_threads: int, toke
     env = dict(os.environ)
     env.pop("PYBONSAI_Q1_KERNEL", None)
     env.pop("PYBONSAI_Q1_LUT_MAX", None)
+    env.pop("PYBONSAI_Q2_KERNEL", None)
     if kernel:
         env["PYBONSAI_Q1_KERNEL"] = kernel
     env.update(extra_env)

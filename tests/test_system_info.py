@@ -20,3 +20,12 @@ def test_system_info_names_the_q1_0_path_and_its_table_limit():
     assert isinstance(limit, int) and 0 <= limit <= 4096
     if info["q1_0_kernel"] in ("scalar", "upstream"):
         assert limit == 0  # no table path there
+
+
+def test_system_info_names_the_q2_0_path():
+    """Q2_0 runs on the Q1_0 path unless PYBONSAI_Q2_KERNEL=upstream (the test environment's value)."""
+    import os
+
+    info = pybonsai.system_info()
+    expected = "upstream" if os.environ.get("PYBONSAI_Q2_KERNEL") == "upstream" else info["q1_0_kernel"]
+    assert info["q2_0_kernel"] == expected

@@ -58,16 +58,25 @@ def loaded_cpu_variant() -> str:
     return stem[len("libggml-cpu-"):] if stem.startswith("libggml-cpu-") else "native"
 
 
-def q1_0_kernel_path() -> str:
-    """The Q1_0 matmul path in use: 'avx512', 'avx2', 'scalar' (ours) or 'upstream'."""
+def _kernel_name(symbol: str) -> str:
     path = _loaded_cpu_library()
     if path is None:
         return "unknown"
-    name_fn = getattr(ctypes.CDLL(path), "pybonsai_q1_0_kernel_name", None)
+    name_fn = getattr(ctypes.CDLL(path), symbol, None)
     if name_fn is None:
         return "upstream"  # a build without our kernels
     name_fn.restype = ctypes.c_char_p
     return name_fn().decode()
+
+
+def q1_0_kernel_path() -> str:
+    """The Q1_0 matmul path in use: 'avx512', 'avx2', 'scalar' (ours) or 'upstream'."""
+    return _kernel_name("pybonsai_q1_0_kernel_name")
+
+
+def q2_0_kernel_path() -> str:
+    """The path Q2_0 matmuls run on: Q1_0's (ours, csrc/kernels/cpu/q2_0_kernels.h) or 'upstream'."""
+    return _kernel_name("pybonsai_q2_0_kernel_name")
 
 
 def q1_0_table_path_max_tokens() -> int:
@@ -88,6 +97,7 @@ def system_info() -> dict:
         "cpu_variant": loaded_cpu_variant(),
         "q1_0_kernel": q1_0_kernel_path(),
         "q1_0_table_path_max_tokens": q1_0_table_path_max_tokens(),
+        "q2_0_kernel": q2_0_kernel_path(),
         "cpu_features": _core.system_info().strip(),
         "backends": list(_core.backends()),
         "devices": devices(),

@@ -1,9 +1,12 @@
-// pybonsai Q1_0 kernels: the ggml-cpu "extra buffer type" that hosts Q1_0 matrix weights in our
-// packed layout (repacked in set_tensor at load time) and runs their MUL_MAT with our kernels.
+// pybonsai Q1_0 kernels: the ggml-cpu "extra buffer type" that hosts Q1_0 and Q2_0 matrix weights
+// in our packed layout (repacked in set_tensor at load time) and runs their MUL_MAT with our
+// kernels. A Q2_0 matrix of K columns is packed and run as a virtual Q1_0 matrix of 2K columns
+// (q2_0_kernels.h): only its repack and its activation quantization differ.
 //
 // llama.cpp places a weight in this buffer type only when supports_op() accepts the op the
-// weight is used by: MUL_MAT of a 2-D Q1_0 matrix with F32 activations. token_embd (used by
-// GET_ROWS) therefore stays in the plain CPU buffer; output.weight (MUL_MAT) comes here.
+// weight is used by: MUL_MAT of a 2-D Q1_0 (or Q2_0, K % 128 == 0) matrix with F32 activations.
+// token_embd (used by GET_ROWS) therefore stays in the plain CPU buffer; output.weight (MUL_MAT)
+// comes here.
 //
 // MUL_MAT: every thread quantizes a share of the activation blocks into the work buffer (plus
 // their lookup tables when the table path runs), a barrier, then each thread runs the kernel
@@ -11,6 +14,7 @@
 // Registered from ggml-cpu.cpp (vendor/patches/0001-...) when PYBONSAI_CPU_KERNELS is defined.
 #include "q1_0_kernels.h"
 #include "q1_0_op_profile.h"
+#include "q2_0_kernels.h"
 
 #include "ggml-backend-impl.h"
 #include "ggml-cpu-impl.h"
@@ -31,8 +35,14 @@ extern "C" ggml_backend_buffer_type_t pybonsai_q1_0_buffer_type(void);
 namespace {
 
 bool q1k_eligible(const ggml_tensor * t) {
-    return t->type == GGML_TYPE_Q1_0 && t->ne[2] == 1 && t->ne[3] == 1 && t->ne[0] % Q1K_QK == 0 &&
+    const bool q2 = t->type == GGML_TYPE_Q2_0 && q2k_select() != nullptr;  // PYBONSAI_Q2_KERNEL=upstream: not
+    return (t->type == GGML_TYPE_Q1_0 || q2) && t->ne[2] == 1 && t->ne[3] == 1 && t->ne[0] % Q1K_QK == 0 &&
            ggml_is_contiguous(t);
+}
+
+// the columns our kernels see: a Q2_0 matrix runs as a Q1_0 one of twice the columns
+int64_t kernel_k(const ggml_tensor * w) {
+    return w->type == GGML_TYPE_Q2_0 ? q2k_virtual_k(w->ne[0]) : w->ne[0];
 }
 
 // the table path (q1_0_kernels.h) runs MUL_MATs of up to q1k_lut_max_tokens() tokens
@@ -50,7 +60,7 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
             return false;
         }
         const int64_t ntok = ggml_nrows(op->src[1]);
-        size = (size_t) ntok * record_bytes(op->src[0]->ne[0], ntok) + 64;
+        size = (size_t) ntok * record_bytes(kernel_k(op->src[0]), ntok) + 64;
         return true;
     }
 
@@ -67,7 +77,8 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
 
         const int     ith    = params->ith;
         const int     nth    = params->nth;
-        const int64_t K      = src0->ne[0];
+        const bool    q2     = src0->type == GGML_TYPE_Q2_0;
+        const int64_t K      = kernel_k(src0);
         const int64_t nrows  = src0->ne[1];
         const int64_t ne11   = src1->ne[1];
         const int64_t ne12   = src1->ne[2];
@@ -91,7 +102,11 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
             const int64_t i2 = (t / ne11) % ne12;
             const int64_t i3 = t / (ne11 * ne12);
             const char *  x  = (const char *) src1->data + i1 * src1->nb[1] + i2 * src1->nb[2] + i3 * src1->nb[3];
-            k->quant((const float *) x, act + t * stride, K, b0, b1);
+            if (q2) {
+                q2k_quant(k, (const float *) x, act + t * stride, src0->ne[0], b0, b1);
+            } else {
+                k->quant((const float *) x, act + t * stride, K, b0, b1);
+            }
             if (lut) {
                 k->lut_build(act + t * stride, K, b0, b1);
             }
@@ -99,8 +114,9 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t t_barrier = t_quant ? q1k_profile_now() : 0;
         ggml_barrier(params->threadpool);
         if (t_quant) {
-            q1k_profile_add(ith, Q1K_PROFILE_QUANT, "MUL_MAT(Q1_0): activation quantization", t_quant, t_barrier,
-                            q1k_profile_now());
+            q1k_profile_add(ith, q2 ? Q1K_PROFILE_QUANT_Q2 : Q1K_PROFILE_QUANT,
+                            q2 ? "MUL_MAT(Q2_0): activation quantization" : "MUL_MAT(Q1_0): activation quantization",
+                            t_quant, t_barrier, q1k_profile_now());
         }
 
         const int64_t groups = (nrows + Q1K_ROWS - 1) / Q1K_ROWS;
@@ -125,10 +141,14 @@ void buffer_set_tensor(ggml_backend_buffer_t /*buffer*/, ggml_tensor * tensor, c
                        size_t size) {
     if (tensor->extra == &g_traits) {
         GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
-        q1k_repack(data, tensor->data, tensor->ne[1], tensor->ne[0]);
+        if (tensor->type == GGML_TYPE_Q2_0) {
+            q2k_repack(data, tensor->data, tensor->ne[1], tensor->ne[0]);
+        } else {
+            q1k_repack(data, tensor->data, tensor->ne[1], tensor->ne[0]);
+        }
         const q1k_kernel * k = q1k_select();
         if (k != nullptr && k->relayout != nullptr) {
-            k->relayout(tensor->data, tensor->ne[1], tensor->ne[0]);
+            k->relayout(tensor->data, tensor->ne[1], kernel_k(tensor));
         }
     } else {
         memcpy((char *) tensor->data + offset, data, size);
@@ -181,7 +201,7 @@ size_t buft_get_alignment(ggml_backend_buffer_type_t /*buft*/) {
 
 size_t buft_get_alloc_size(ggml_backend_buffer_type_t /*buft*/, const ggml_tensor * tensor) {
     if (q1k_eligible(tensor)) {
-        return q1k_packed_size(tensor->ne[1], tensor->ne[0]);
+        return q1k_packed_size(tensor->ne[1], kernel_k(tensor));
     }
     return ggml_nbytes(tensor);
 }
@@ -228,10 +248,10 @@ extern "C" ggml_backend_buffer_type_t pybonsai_q1_0_buffer_type(void) {
         /* .context = */ new q1k_extra_buffer_type(),
     };
     static bool logged = [] {
-        GGML_LOG_INFO("pybonsai: Q1_0 CPU kernels: %s\n", kernel->name);
+        GGML_LOG_INFO("pybonsai: Q1_0 CPU kernels: %s, Q2_0: %s\n", kernel->name, pybonsai_q2_0_kernel_name());
         const char * v = getenv("PYBONSAI_Q1_VERBOSE");
         if (v && v[0] && strcmp(v, "0") != 0) {
-            fprintf(stderr, "pybonsai: Q1_0 CPU kernels: %s\n", kernel->name);
+            fprintf(stderr, "pybonsai: Q1_0 CPU kernels: %s, Q2_0: %s\n", kernel->name, pybonsai_q2_0_kernel_name());
         }
         return true;
     }();

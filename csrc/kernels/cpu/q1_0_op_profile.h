@@ -2,8 +2,9 @@
 //
 // ggml-cpu's graph loop (vendor/patches/0005) reports every node: the time its compute took and
 // the time the thread then waited at the barrier for the others; our Q1_0 MUL_MAT
-// (q1_0_buffer.cpp) also reports its activation quantization and the barrier after it. Off, each
-// node costs one load of a flag. On, the sums are printed to stderr at exit, one line per slot
+// (q1_0_buffer.cpp) also reports its activation quantization and the barrier after it (MUL_MAT of
+// Q2_0 weights and its quantization have slots of their own). Off, each node costs one load of a
+// flag. On, the sums are printed to stderr at exit, one line per slot
 // and thread:
 //   pybonsai-op-profile <name> thread <i> count <n> compute_ns <c> wait_ns <w>
 // (benchmarks/op_profile.py turns them into a table). For measuring only: several contexts
@@ -21,6 +22,8 @@ extern "C" {
 #define Q1K_PROFILE_SLOTS   256  // ggml ops use the slots below 200
 #define Q1K_PROFILE_MUL_MAT 200  // MUL_MAT of Q1_0 weights (ours): the whole op
 #define Q1K_PROFILE_QUANT   201  //   of which: quantizing (and tabulating) the activations
+#define Q1K_PROFILE_MUL_MAT_Q2 202  // MUL_MAT of Q2_0 weights (ours or upstream's): the whole op
+#define Q1K_PROFILE_QUANT_Q2   203  //   of which (ours): quantizing (and tabulating) the activations
 #define Q1K_PROFILE_THREADS 64   // threads with a higher index are not counted
 
 int     q1k_profile_on(void);  // PYBONSAI_OP_PROFILE set and not "0" (read once)

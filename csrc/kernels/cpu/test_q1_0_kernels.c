@@ -1,9 +1,11 @@
-// Standalone check of the pybonsai Q1_0 kernels (no ggml): every path the CPU supports is
-// compared on fresh random data against a direct computation from the unpacked Q1_0 blocks,
+// Standalone check of the pybonsai Q1_0 and Q2_0 kernels (no ggml): every path the CPU supports is
+// compared on fresh random data against a direct computation from the unpacked Q1_0 (Q2_0) blocks,
 // at awkward sizes (rows not a multiple of 16, K = 128 x odd, 1..17 tokens, split group ranges).
-// Built and run by tests/test_cpu_kernels.py:
-//   gcc -O2 test_q1_0_kernels.c q1_0_scalar.c q1_0_dispatch.c q1_0_avx2.cpp q1_0_avx512.cpp -lm
+// A Q2_0 matrix goes through q2k_repack and q2k_quant and runs on the same kernels as a virtual
+// Q1_0 matrix of 2K columns (q2_0_kernels.h). Built and run by tests/test_cpu_kernels.py:
+//   gcc -O2 test_q1_0_kernels.c q1_0_scalar.c q1_0_dispatch.c q2_0_kernels.c q1_0_avx2.cpp ... -lm
 #include "q1_0_kernels.h"
+#include "q2_0_kernels.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -24,12 +26,38 @@ static float half_to_float(uint16_t h) {  // normal halves only (that is all we 
     return f;
 }
 
-static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
-    const int64_t nb = K / Q1K_QK;
+// row r of the unpacked weights (nb 18-byte blocks per row) dotted with x, and with the int8 values
+// q and scales c1/2 of a record: Q1_0 blocks (q2 = 0) or Q2_0 blocks of 64 (q2 = 1); x and q index
+// the real columns (a Q2_0 record holds each block's 64 values twice: the first copy is read)
+static void direct(int q2, const uint8_t * wq, int64_t r, int64_t nb, const int8_t * q, const float * c1,
+                   const float * x, double * ref, double * exact, double * scale) {
+    const int qk = q2 ? Q2K_QK : Q1K_QK;
+    *ref = *exact = *scale = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t * blk = wq + (r * nb + b) * 18;
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        const double d = half_to_float(h);
+        double s = 0, sx = 0;
+        for (int i = 0; i < qk; i++) {
+            const int v = q2 ? ((blk[2 + i / 4] >> (2 * (i % 4))) & 3) - 1 : ((blk[2 + i / 8] >> (i % 8)) & 1 ? 1 : -1);
+            s += v * q[b * Q1K_QK + i] * (c1[b * 4 + i / 32] * 0.5);
+            sx += v * x[b * qk + i];
+            *scale += fabs(d * x[b * qk + i]);
+        }
+        *ref += d * s;
+        *exact += d * sx;
+    }
+}
+
+// K: real columns; q2: the weights are Q2_0 (run as the virtual Q1_0 matrix of KV = 2K columns)
+static int check(const q1k_kernel * k, int q2, int64_t nrows, int64_t K, int64_t ntok) {
+    const int64_t KV = q2 ? q2k_virtual_k(K) : K;
+    const int64_t nb = KV / Q1K_QK;  // source blocks per row (18 bytes, both types)
     uint8_t * wq     = malloc((size_t) (nrows * nb * 18));
-    uint8_t * wp     = malloc(q1k_packed_size(nrows, K));
+    uint8_t * wp     = malloc(q1k_packed_size(nrows, KV));
     float *   x      = malloc(sizeof(float) * (size_t) (K * ntok));
-    size_t    st     = q1k_act_stride(K);
+    size_t    st     = q1k_act_stride(KV);
     uint8_t * act    = malloc(st * (size_t) ntok);
     uint8_t * act_s  = malloc(st * (size_t) ntok);
     float *   out    = malloc(sizeof(float) * (size_t) (nrows * ntok));
@@ -41,12 +69,19 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
     }
     for (int64_t i = 0; i < K * ntok; i++) x[i] = (rndf() - 0.5f) * (i % 37 == 0 ? 20.0f : 2.0f);
     if (ntok > 1) memset(x + K, 0, sizeof(float) * (size_t) K);  // an all-zero token
-    q1k_repack(wq, wp, nrows, K);
-    if (k->relayout) k->relayout(wp, nrows, K);
+    if (q2) q2k_repack(wq, wp, nrows, K);
+    else q1k_repack(wq, wp, nrows, K);
+    if (k->relayout) k->relayout(wp, nrows, KV);
     for (int64_t t = 0; t < ntok; t++) {  // the path's quant in two block ranges (the thread split)
-        k->quant(x + t * K, act + t * st, K, nb / 2, nb);
-        k->quant(x + t * K, act + t * st, K, 0, nb / 2);
-        q1k_kernel_scalar()->quant(x + t * K, act_s + t * st, K, 0, nb);
+        if (q2) {
+            q2k_quant(k, x + t * K, act + t * st, K, nb / 2, nb);
+            q2k_quant(k, x + t * K, act + t * st, K, 0, nb / 2);
+            q2k_quant(q1k_kernel_scalar(), x + t * K, act_s + t * st, K, 0, nb);
+        } else {
+            k->quant(x + t * K, act + t * st, K, nb / 2, nb);
+            k->quant(x + t * K, act + t * st, K, 0, nb / 2);
+            q1k_kernel_scalar()->quant(x + t * K, act_s + t * st, K, 0, nb);
+        }
     }
     int bad = 0;
     for (int64_t t = 0; t < ntok && !bad; t++) {  // same int8 and scales on every path
@@ -65,31 +100,17 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
     // whole range in one call, then split in two uneven ranges (the thread split)
     const int64_t groups = (nrows + 15) / 16;
     for (int64_t i = 0; i < nrows * ntok; i++) out[i] = out2[i] = NAN;
-    k->gemm(wp, K, nrows, 0, groups, act, st, ntok, out, (size_t) nrows);
+    k->gemm(wp, KV, nrows, 0, groups, act, st, ntok, out, (size_t) nrows);
     const int64_t mid = groups / 3;
-    k->gemm(wp, K, nrows, 0, mid, act, st, ntok, out2, (size_t) nrows);
-    k->gemm(wp, K, nrows, mid, groups, act, st, ntok, out2, (size_t) nrows);
+    k->gemm(wp, KV, nrows, 0, mid, act, st, ntok, out2, (size_t) nrows);
+    k->gemm(wp, KV, nrows, mid, groups, act, st, ntok, out2, (size_t) nrows);
     double max_err = 0, max_qerr = 0;
     for (int64_t t = 0; t < ntok; t++) {
         const int8_t * q  = (const int8_t *) (act_s + t * st);
         const float *  c1 = (const float *) (q + nb * Q1K_QK);
         for (int64_t r = 0; r < nrows; r++) {
-            double ref = 0, exact = 0, scale = 0;
-            for (int64_t b = 0; b < nb; b++) {
-                uint16_t h;
-                memcpy(&h, wq + (r * nb + b) * 18, 2);
-                const double d  = half_to_float(h);
-                const uint8_t * qs = wq + (r * nb + b) * 18 + 2;
-                double s = 0, sx = 0;
-                for (int i = 0; i < Q1K_QK; i++) {
-                    const int sign = (qs[i >> 3] >> (i & 7)) & 1 ? 1 : -1;
-                    s += sign * q[b * Q1K_QK + i] * (c1[b * 4 + i / 32] * 0.5);
-                    sx += sign * x[t * K + b * Q1K_QK + i];
-                    scale += fabs(d * x[t * K + b * Q1K_QK + i]);
-                }
-                ref += d * s;
-                exact += d * sx;
-            }
+            double ref, exact, scale;
+            direct(q2, wq, r, nb, q, c1, x + t * K, &ref, &exact, &scale);
             const double got = out[t * nrows + r];
             const double err = fabs(got - ref) / (scale + 1e-30);
             max_err          = err > max_err ? err : max_err;
@@ -105,17 +126,18 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
     int lut_bad = -1;  // -1: this path has no table path
     if (k->lut_build && k->gemm_lut) {
         // table path: records carry the tables; results must equal the multiply path's bit for bit
-        const size_t lst = st + q1k_lut_bytes(K);
+        const size_t lst = st + q1k_lut_bytes(KV);
         uint8_t * lact   = malloc(lst * (size_t) ntok);
         float *   lout   = malloc(sizeof(float) * (size_t) (nrows * ntok));
         for (int64_t t = 0; t < ntok; t++) {
-            k->quant(x + t * K, lact + t * lst, K, 0, nb);
-            k->lut_build(lact + t * lst, K, 1 + nb / 2 < nb ? 1 + nb / 2 : nb, nb);  // two uneven block ranges
-            k->lut_build(lact + t * lst, K, 0, 1 + nb / 2 < nb ? 1 + nb / 2 : nb);
+            if (q2) q2k_quant(k, x + t * K, lact + t * lst, K, 0, nb);
+            else k->quant(x + t * K, lact + t * lst, K, 0, nb);
+            k->lut_build(lact + t * lst, KV, 1 + nb / 2 < nb ? 1 + nb / 2 : nb, nb);  // two uneven block ranges
+            k->lut_build(lact + t * lst, KV, 0, 1 + nb / 2 < nb ? 1 + nb / 2 : nb);
         }
         for (int64_t i = 0; i < nrows * ntok; i++) lout[i] = NAN;
-        k->gemm_lut(wp, K, nrows, 0, mid, lact, lst, ntok, lout, (size_t) nrows);
-        k->gemm_lut(wp, K, nrows, mid, groups, lact, lst, ntok, lout, (size_t) nrows);
+        k->gemm_lut(wp, KV, nrows, 0, mid, lact, lst, ntok, lout, (size_t) nrows);
+        k->gemm_lut(wp, KV, nrows, mid, groups, lact, lst, ntok, lout, (size_t) nrows);
         lut_bad = memcmp(lout, out, sizeof(float) * (size_t) (nrows * ntok)) != 0;
         if (lut_bad) {
             for (int64_t i = 0; i < nrows * ntok; i++) {
@@ -128,7 +150,8 @@ static int check(const q1k_kernel * k, int64_t nrows, int64_t K, int64_t ntok) {
         bad |= lut_bad;
         free(lact); free(lout);
     }
-    printf("%-6s rows=%-4lld K=%-5lld ntok=%-3lld rel_err=%.2e vs_fp32=%.2e%s %s\n", k->name, (long long) nrows,
+    printf("%s %-6s rows=%-4lld K=%-5lld ntok=%-3lld rel_err=%.2e vs_fp32=%.2e%s %s\n", q2 ? "q2_0" : "q1_0", k->name,
+           (long long) nrows,
            (long long) K, (long long) ntok, max_err, max_qerr, lut_bad < 0 ? "" : lut_bad ? " lut=DIFF" : " lut=same",
            bad ? "FAIL" : "ok");
     free(wq); free(wp); free(x); free(act); free(act_s); free(out); free(out2);
@@ -142,7 +165,8 @@ int main(int argc, char ** argv) {
     if (q1k_kernel_avx512() && q1k_cpu_has_avx512()) paths[2] = q1k_kernel_avx512();
     else printf("avx512 path: not supported here, skipped\n");
     const int64_t rows[] = { 16, 5, 37, 67 };
-    const int64_t ks[]   = { 128, 384, 640, 1152, 2176 };  // 9 and 17 blocks: table-path K slices of 8 + a rest
+    // 9 and 17 blocks: table-path K slices of 8 + a rest (Q2_0: 2x the virtual blocks)
+    const int64_t ks[]   = { 128, 384, 640, 1152, 2176 };
     const int64_t toks[] = { 1, 2, 3, 5, 8, 9, 17 };
     int fails = 0;
     for (int p = 0; p < 3; p++) {
@@ -150,8 +174,10 @@ int main(int argc, char ** argv) {
         if (argc > 1 && strcmp(argv[1], paths[p]->name) != 0) continue;
         for (size_t a = 0; a < sizeof rows / sizeof *rows; a++)
             for (size_t b = 0; b < sizeof ks / sizeof *ks; b++)
-                for (size_t c = 0; c < sizeof toks / sizeof *toks; c++) fails += check(paths[p], rows[a], ks[b], toks[c]);
+                for (size_t c = 0; c < sizeof toks / sizeof *toks; c++)
+                    for (int q2 = 0; q2 < 2; q2++) fails += check(paths[p], q2, rows[a], ks[b], toks[c]);
     }
-    printf("selected: %s\n%s\n", pybonsai_q1_0_kernel_name(), fails ? "FAILED" : "ALL OK");
+    printf("selected: %s, q2_0: %s\n%s\n", pybonsai_q1_0_kernel_name(), pybonsai_q2_0_kernel_name(),
+           fails ? "FAILED" : "ALL OK");
     return fails != 0;
 }
