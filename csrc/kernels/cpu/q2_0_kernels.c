@@ -68,27 +68,43 @@ void q2k_repack(const void * src, void * dst, int64_t nrows, int64_t K) {
     free(tmp);
 }
 
+// sum of n int8 values
+static int q2k_sum(const int8_t * q, int n) {
+    int s = 0;
+    for (int i = 0; i < n; i++) {
+        s += q[i];
+    }
+    return s;
+}
+
 void q2k_quant(const q1k_kernel * k, const float * x, void * dst, int64_t K, int64_t b0, int64_t b1) {
     const int64_t nb = K / Q2K_QK;  // virtual blocks of the record
     int8_t *      q  = (int8_t *) dst;
     float *       c1 = (float *) (q + nb * Q1K_QK);
     float *       cr = c1 + nb * 4;
-    // each block through the path's own Q1_0 quantization as a 128-column token whose last 64
-    // columns are zero: their q, c1 and sum terms are 0, so its corr is da_0*sum_0 + da_1*sum_1
-    _Alignas(64) float   xb[Q1K_QK];
+    // each pair of blocks (128 columns) through the path's own Q1_0 quantization, into a
+    // one-block record whose int8 values and scales are then spread over the two virtual blocks
     _Alignas(64) uint8_t rec[(Q1K_QK + 20 + 63) & ~63];
-    memset(xb + Q2K_QK, 0, sizeof(float) * Q2K_QK);
-    for (int64_t b = b0; b < b1; b++) {
-        memcpy(xb, x + b * Q2K_QK, sizeof(float) * Q2K_QK);
-        k->quant(xb, rec, Q1K_QK, 0, 1);
-        const float * rc1 = (const float *) (rec + Q1K_QK);
-        memcpy(q + b * Q1K_QK, rec, Q2K_QK);           // for the h plane
-        memcpy(q + b * Q1K_QK + Q2K_QK, rec, Q2K_QK);  // for the l plane
-        c1[b * 4 + 0] = rc1[0];
-        c1[b * 4 + 1] = rc1[1];
-        c1[b * 4 + 2] = 0.5f * rc1[0];  // exact: halving a float
-        c1[b * 4 + 3] = 0.5f * rc1[1];
-        cr[b]         = rc1[4];
+    const int8_t * rq  = (const int8_t *) rec;
+    const float *  rc1 = (const float *) (rec + Q1K_QK);
+    for (int64_t pair = b0 / 2; 2 * pair < b1; pair++) {
+        k->quant(x + pair * Q1K_QK, rec, Q1K_QK, 0, 1);
+        for (int64_t b = 2 * pair; b < 2 * pair + 2; b++) {
+            if (b < b0 || b >= b1) {
+                continue;  // the pair's other block is outside this range
+            }
+            const int8_t * qb = rq + (b - 2 * pair) * Q2K_QK;
+            const float    d0 = 0.5f * rc1[2 * (b - 2 * pair)];  // exact: halving a float
+            const float    d1 = 0.5f * rc1[2 * (b - 2 * pair) + 1];
+            memcpy(q + b * Q1K_QK, qb, Q2K_QK);           // for the h plane
+            memcpy(q + b * Q1K_QK + Q2K_QK, qb, Q2K_QK);  // for the l plane
+            c1[b * 4 + 0] = 2.0f * d0;
+            c1[b * 4 + 1] = 2.0f * d1;
+            c1[b * 4 + 2] = d0;
+            c1[b * 4 + 3] = d1;
+            const float s0 = d0 * (float) q2k_sum(qb, 32);
+            cr[b]          = s0 + d1 * (float) q2k_sum(qb + 32, 32);
+        }
     }
 }
 
