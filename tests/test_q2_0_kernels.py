@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pybonsai import system_info
+
 from gguf_doc import FUZZ_SHAPE, GGML_Q1_0, base_document, serialize
 from test_cpu_kernels import _log_softmax, _run_logits
 
@@ -101,3 +103,20 @@ def test_q2_table_path_matches_multiply_path(q2_model_path: Path, tmp_path: Path
         pytest.skip(f"no table path for the {info['kernel']} kernel on this CPU")
     assert info["q2_kernel"] == info["kernel"]
     np.testing.assert_array_equal(np.load(lut), np.load(mul))
+
+
+def test_q2_op_profile_has_its_own_labels(q2_model_path: Path) -> None:
+    """PYBONSAI_OP_PROFILE=1 reports Q2_0 MUL_MATs (vendor/patches/0005) and their activation
+    quantization (q1_0_buffer.cpp) under names of their own, per thread, once per node."""
+    from test_op_profile import _run
+
+    if system_info()["q2_0_kernel"] == "upstream":
+        pytest.skip("no pybonsai CPU kernel on this CPU (or PYBONSAI_Q2_KERNEL=upstream): Q2_0 is upstream's")
+    decode_calls = 3
+    _, sums = _run(q2_model_path, decode_calls, PYBONSAI_OP_PROFILE="1")
+    assert not any(name.startswith("MUL_MAT(Q1_0)") for name, _ in sums)  # no Q1_0 matrix in this model
+    for t in (0, 1):
+        mm, quant = sums[("MUL_MAT(Q2_0)", t)], sums[("MUL_MAT(Q2_0): activation quantization", t)]
+        assert mm["count"] == (1 + decode_calls) * (Q2_SHAPE.n_layer * 7 + 1)  # 7 matrices a layer + LM head
+        assert quant["count"] == mm["count"]
+        assert 0 < quant["compute_ns"] < mm["compute_ns"]
