@@ -78,6 +78,9 @@ def bandwidth_tool() -> Path:
 def bytes_per_token(model: Path, depth: float) -> tuple[float, dict]:
     """Bytes a decode step reads: all tensors but the embedding table (one row of it), plus the
     f16 KV cache at `depth`; the embedding table counts whole when it is also the LM head."""
+    gguf_py = ROOT / "vendor" / "llama.cpp" / "gguf-py"  # the pin's gguf-py knows every type the pin
+    if gguf_py.is_dir() and str(gguf_py) not in sys.path:  # loads (a PyPI gguf may lack Q2_0)
+        sys.path.insert(0, str(gguf_py))
     from gguf import GGUFReader
 
     r = GGUFReader(str(model))

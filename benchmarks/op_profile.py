@@ -6,8 +6,8 @@ PYBONSAI_OP_PROFILE=1 (vendor/patches/0005: ggml-cpu sums each node's compute ti
 its thread then waits at the barrier, per op and thread), twice: --short and --long tokens after
 the same prompt of --depth tokens, and subtracts, so loading, the prompt and warm-up drop out.
 Per op: ms per token computing and waiting (mean over threads) and its share of the decode wall
-time; "outside the graph" is the rest (llama_decode's bookkeeping, Python). Last, the Q1_0
-matrices' read rate while they run (weight bytes / their compute time) next to the read
+time; "outside the graph" is the rest (llama_decode's bookkeeping, Python). Last, the Q1_0 (and
+Q2_0) matrices' read rate while they run (weight bytes / their compute time) next to the read
 bandwidth meter (benchmarks/bandwidth.c) measured just before.
 
     python benchmarks/op_profile.py --model bonsai-8b.gguf --threads 2
@@ -93,10 +93,11 @@ def main() -> int:
         print(f"| {name} | {count:.1f} | {compute:.3f} | {wait:.3f} | {(compute + wait) / wall_ms:.1%} |")
     print(f"| outside the graph | | {wall_ms - inside:.3f} | | {(wall_ms - inside) / wall_ms:.1%} |")
     weights = bytes_per_token(model, 0)[1]["weights_bytes"]
-    mm = per_op.get("MUL_MAT(Q1_0)")
-    if mm and mm[1] > 0:
-        rate = weights / (mm[1] * 1e-3) / 1e9
-        print(f"Q1_0 matrices while they run: {weights / 1e9:.3f} GB in {mm[1]:.2f} ms = {rate:.1f} GB/s; "
+    kinds = [n for n in ("Q1_0", "Q2_0") if per_op.get(f"MUL_MAT({n})", (0, 0))[1] > 0]
+    mm_ms = sum(per_op[f"MUL_MAT({n})"][1] for n in kinds)
+    if mm_ms > 0:
+        rate = weights / (mm_ms * 1e-3) / 1e9
+        print(f"{'+'.join(kinds)} matrices while they run: {weights / 1e9:.3f} GB in {mm_ms:.2f} ms = {rate:.1f} GB/s; "
               f"meter just before: {meter:.1f} GB/s ({rate / meter:.0%}); decode as a whole: "
               f"{weights / (wall_ms * 1e-3) / 1e9:.1f} GB/s ({weights / (wall_ms * 1e-3) / 1e9 / meter:.0%})")
     return 0
