@@ -64,11 +64,16 @@ def test_kernel_paths(kernel_test_binary: Path) -> None:
 
 
 def test_forced_path_falls_back(kernel_test_binary: Path) -> None:
-    """A bogus PYBONSAI_Q1_KERNEL is reported on stderr and the best path is used."""
-    env = dict(os.environ, PYBONSAI_Q1_KERNEL="bogus")
+    """A bogus PYBONSAI_Q1_KERNEL (PYBONSAI_Q2_KERNEL) is reported on stderr and the best path is used
+    (for Q2_0: the Q1_0 path)."""
+    env = dict(os.environ, PYBONSAI_Q1_KERNEL="bogus", PYBONSAI_Q2_KERNEL="bogus2")
     res = subprocess.run([str(kernel_test_binary), "none"], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0
     assert "PYBONSAI_Q1_KERNEL=bogus" in res.stderr
+    assert "PYBONSAI_Q2_KERNEL=bogus2" in res.stderr
+    selected = next(line for line in res.stdout.splitlines() if line.startswith("selected: "))
+    q1, q2 = selected[len("selected: "):].split(", q2_0: ")
+    assert q1 == q2
 
 
 # -- model level ------------------------------------------------------------------------
