@@ -1,6 +1,7 @@
 // pybonsai Q1_0 CPU kernels: packed weight layout, activation format and kernel entry points.
 // Pure C interface with no ggml dependency, so the kernels can be unit-tested on their own
-// (test_q1_0_kernels.c) and linked into every ggml-cpu variant.
+// (test_q1_0_kernels.c) and linked into every ggml-cpu variant. Q2_0 matrices run on these same
+// kernels, unchanged, as virtual Q1_0 matrices of twice the columns (q2_0_kernels.h).
 //
 // Weights (Q1_0: per 128 weights an fp16 scale d and 128 sign bits, 0 -> -d, 1 -> +d) are
 // repacked at load time into groups of Q1K_ROWS = 16 rows. A group holds, for its nb = K/128
