@@ -15,12 +15,16 @@ import pytest
 from pybonsai import synth
 
 
+_written: dict[str, Path] = {}  # shape -> file: one per session, whichever modules import the fixtures
+
+
 def _write(factory: pytest.TempPathFactory, llama_cpp_dir: Path, shape: str) -> Path:
-    arch = synth.SHAPES[shape].arch
-    vocab, template = synth.ARCH_FILES[arch]
-    path = factory.mktemp("family") / f"{shape}.gguf"
-    return synth.write_model(path, shape, seed=0, vocab_gguf=llama_cpp_dir / vocab,
-                             chat_template=(llama_cpp_dir / template).read_text("utf-8"))
+    if shape not in _written or not _written[shape].is_file():
+        vocab, template = synth.ARCH_FILES[synth.SHAPES[shape].arch]
+        path = factory.mktemp("family") / f"{shape}.gguf"
+        _written[shape] = synth.write_model(path, shape, seed=0, vocab_gguf=llama_cpp_dir / vocab,
+                                            chat_template=(llama_cpp_dir / template).read_text("utf-8"))
+    return _written[shape]
 
 
 @pytest.fixture(scope="session")
