@@ -75,8 +75,8 @@ _JITTER = (0.75, 1.25)
 _NORM_RANGE = (0.8, 1.2)
 
 
-# Ternary (Q2_0) weights draw codes -1/0/+1 uniformly: variance 2/3 of a sign's, so their scale
-# is sqrt(3/2) larger for the same output RMS. Gated DeltaNet parameters (F32): conv taps uniform
+# Ternary (Q2_0) weights are -1/0/+1 with probabilities 1/4, 1/2, 1/4: variance 1/2 of a sign's,
+# so their scale is sqrt(2) larger for the same output RMS. Gated DeltaNet parameters (F32): conv taps uniform
 # in [-0.5, 0.5], decay rates ssm_a = -A in [-1, -0.1] and dt biases in [-1, 0.5], so the
 # per-token decay exp(A * softplus(.)) stays inside (0, 1) without vanishing.
 _F32_RANGES = {"ssm_conv1d.weight": (-0.5, 0.5), "ssm_a": (-1.0, -0.1), "ssm_dt.bias": (-1.0, 0.5)}
@@ -96,7 +96,7 @@ def _make_tensor(seed: int, name: str, shape: tuple[int, ...], quantized: bool, 
     nb = k // block
     base = 1.0 if name.startswith("token_embd") else 1.0 / np.sqrt(k)
     if wtype == "q2_0":
-        base *= np.sqrt(1.5)
+        base *= np.sqrt(2.0)
     out = np.empty((rows, nb, block_bytes), dtype=np.uint8)
     step = max(1, (1 << 22) // k)  # generate ~4M weights at a time
     for r0 in range(0, rows, step):
@@ -105,9 +105,10 @@ def _make_tensor(seed: int, name: str, shape: tuple[int, ...], quantized: bool, 
         if wtype == "q1_0":  # random sign bytes (the files of earlier versions, byte for byte)
             out[r0:r0 + r, :, :2] = scales.view(np.uint8).reshape(r, nb, 2)
             out[r0:r0 + r, :, 2:] = np.frombuffer(rng.bytes(r * nb * 16), np.uint8).reshape(r, nb, 16)
-        else:
-            out[r0:r0 + r] = q2_0.pack_q2_0(rng.integers(0, 3, size=(r, k), dtype=np.uint8), scales) \
-                .reshape(r, nb, block_bytes)
+        else:  # random code bytes with every code 3 (+2d) turned into 1 (0): P(-d, 0, +d) = 1/4, 1/2, 1/4
+            codes = np.frombuffer(rng.bytes(r * nb * 16), np.uint8).reshape(r, nb, 16)
+            out[r0:r0 + r, :, :2] = scales.view(np.uint8).reshape(r, nb, 2)
+            out[r0:r0 + r, :, 2:] = codes & ~(((codes >> 1) & codes & 0x55) << 1)
     return out.reshape(rows, nb * block_bytes)
 
 
