@@ -76,29 +76,38 @@ def bandwidth_tool() -> Path:
 
 
 def bytes_per_token(model: Path, depth: float) -> tuple[float, dict]:
-    """Bytes a decode step reads: all tensors but the embedding table (one row of it), plus the
-    f16 KV cache at `depth`; the embedding table counts whole when it is also the LM head."""
-    gguf_py = ROOT / "vendor" / "llama.cpp" / "gguf-py"  # the pin's gguf-py knows every type the pin
-    if gguf_py.is_dir() and str(gguf_py) not in sys.path:  # loads (a PyPI gguf may lack Q2_0)
-        sys.path.insert(0, str(gguf_py))
-    from gguf import GGUFReader
+    """Bytes a decode step moves: all tensors but the embedding table (one row of it), plus the
+    f16 KV cache of the attention layers at `depth`; the embedding table counts whole when it is
+    also the LM head. A qwen35 hybrid keeps a KV cache in its full-attention layers only, and its
+    Gated DeltaNet layers read and write their f32 recurrent state (value heads x head size^2) and
+    conv state ((conv width - 1) x conv channels) every token: counted twice (read + write)."""
+    from pybonsai.gguf_file import scan_gguf
 
-    r = GGUFReader(str(model))
-    tensors = {t.name: t for t in r.tensors}
-    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    summary = scan_gguf(model)
+    tensors = {t.name: t for t in summary.tensors}
+    meta = summary.metadata
+    arch = meta["general.architecture"]
 
     def field(key):
-        return int(r.fields[f"{arch}.{key}"].parts[-1][0])
+        return int(meta[f"{arch}.{key}"])
 
     emb = tensors["token_embd.weight"]
     tied = "output.weight" not in tensors
     weights = sum(int(t.n_bytes) for n, t in tensors.items() if n != "token_embd.weight")
     weights += int(emb.n_bytes) if tied else int(emb.n_bytes) // int(emb.shape[-1])
     n_layer, n_head_kv = field("block_count"), field("attention.head_count_kv")
-    head_dim = field("attention.key_length") if f"{arch}.attention.key_length" in r.fields else \
+    head_dim = field("attention.key_length") if f"{arch}.attention.key_length" in meta else \
         field("embedding_length") // field("attention.head_count")
-    kv = n_layer * n_head_kv * head_dim * 2 * 2 * depth
-    return weights + kv, {"weights_bytes": weights, "kv_bytes_at_mean_depth": kv, "tied_embeddings": tied}
+    n_attn, state = n_layer, 0
+    if arch == "qwen35":
+        n_linear = sum(1 for n in tensors if n.endswith(".ssm_out.weight"))
+        n_attn = n_layer - n_linear
+        d_state, v_heads = field("ssm.state_size"), field("ssm.time_step_rank")
+        conv_ch = 2 * d_state * field("ssm.group_count") + d_state * v_heads
+        state = 2 * n_linear * 4 * (v_heads * d_state * d_state + (field("ssm.conv_kernel") - 1) * conv_ch)
+    kv = n_attn * n_head_kv * head_dim * 2 * 2 * depth
+    return weights + kv + state, {"weights_bytes": weights, "kv_bytes_at_mean_depth": kv,
+                                  "recurrent_state_bytes_read_and_written": state, "tied_embeddings": tied}
 
 
 def run_ours_bench(model: Path, threads: int, env: dict, fa: str, prompt: str, gen: str) -> dict[str, float]:

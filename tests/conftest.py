@@ -1,4 +1,5 @@
-"""Shared fixtures: the llama.cpp tree and a tiny synthetic Q1_0 Qwen3 model."""
+"""Shared fixtures: the llama.cpp tree and the tiny synthetic models (Qwen3 and the qwen35 hybrid,
+Q1_0 and ternary Q2_0)."""
 from __future__ import annotations
 
 import sys
@@ -30,13 +31,33 @@ def llama_cpp_dir() -> Path:
         pytest.fail(str(exc))
 
 
+def _write_synthetic(tmp_path_factory: pytest.TempPathFactory, llama_cpp_dir: Path, shape: str) -> Path:
+    """A synthetic model of `shape` (seed TINY_SEED) with its architecture's tokenizer and template."""
+    vocab, template = synth.ARCH_FILES[synth.SHAPES[shape].arch]
+    path = tmp_path_factory.mktemp("models") / f"{shape}.gguf"
+    return synth.write_model(path, shape, seed=TINY_SEED, vocab_gguf=llama_cpp_dir / vocab,
+                             chat_template=(llama_cpp_dir / template).read_text("utf-8"))
+
+
+def _synthetic_fixtures(shape: str, what: str) -> tuple:
+    """Session fixtures (model path, dequantized weights) for a synthetic shape."""
+    @pytest.fixture(scope="session")
+    def model_path(tmp_path_factory: pytest.TempPathFactory, llama_cpp_dir: Path) -> Path:
+        return _write_synthetic(tmp_path_factory, llama_cpp_dir, shape)
+
+    def weights(request: pytest.FixtureRequest) -> dict:
+        return synth.read_weights(request.getfixturevalue(fixture_name + "_model_path"))
+
+    fixture_name = shape.replace("-", "_")
+    model_path.__doc__ = f'The "{shape}" synthetic model ({what}, seed 0), written once per session.'
+    weights.__doc__ = f'Dequantized float32 weights (and "hparams") of the "{shape}" model.'
+    return model_path, pytest.fixture(scope="session")(weights)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, llama_cpp_dir: Path) -> Path:
-    """The "tiny" synthetic model (seed 0), written once per session."""
-    path = tmp_path_factory.mktemp("models") / "tiny-q1_0.gguf"
-    return synth.write_model(path, "tiny", seed=TINY_SEED,
-                             vocab_gguf=llama_cpp_dir / synth.VOCAB_GGUF,
-                             chat_template=(llama_cpp_dir / synth.CHAT_TEMPLATE).read_text("utf-8"))
+    """The "tiny" synthetic model (Qwen3, Q1_0, seed 0), written once per session."""
+    return _write_synthetic(tmp_path_factory, llama_cpp_dir, "tiny")
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +65,12 @@ def tiny_weights(tiny_model_path: Path) -> dict:
     """Dequantized float32 weights (and "hparams") of the tiny model."""
     return synth.read_weights(tiny_model_path)
 
+
+ternary_tiny_model_path, ternary_tiny_weights = _synthetic_fixtures("ternary-tiny", "Qwen3, Q2_0")
+tiny_hybrid_model_path, tiny_hybrid_weights = _synthetic_fixtures(
+    "tiny-hybrid", "qwen35: 3 Gated DeltaNet layers and 1 gated attention layer, Q1_0")
+ternary_tiny_hybrid_model_path, ternary_tiny_hybrid_weights = _synthetic_fixtures(
+    "ternary-tiny-hybrid", "qwen35 as tiny-hybrid, Q2_0")
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["forward", "hidden_states", "q8_0_roundtrip", "flip_bit_order", "rms_norm", "rope"]
+__all__ = ["forward", "hidden_states", "q8_0_roundtrip", "flip_bit_order", "rms_norm", "rope", "linear",
+           "attention", "silu", "to_f16"]
 
 # Rows of a weight matrix converted to float64 at a time (bounds the LM-head temporaries).
 _ROW_CHUNK = 16384
@@ -77,7 +78,7 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float, style: str = "neox"
     raise ValueError(f"unknown rope style {style!r}")
 
 
-def _linear(x: np.ndarray, w: np.ndarray, q8: bool) -> np.ndarray:
+def linear(x: np.ndarray, w: np.ndarray, q8: bool) -> np.ndarray:
     """x (n, K) @ w.T for w (rows, K), in float64."""
     if q8:
         x = q8_0_roundtrip(x)
@@ -87,16 +88,16 @@ def _linear(x: np.ndarray, w: np.ndarray, q8: bool) -> np.ndarray:
     return out
 
 
-def _f16(x: np.ndarray) -> np.ndarray:
+def to_f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float64)
 
 
-def _silu(x: np.ndarray) -> np.ndarray:
+def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
-               f16: bool = False) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
+              f16: bool = False) -> np.ndarray:
     """Causal GQA attention: q (n, H, hd), k/v (n, Hkv, hd) -> (n, H*hd)."""
     n, n_head, hd = q.shape
     group = n_head // k.shape[1]
@@ -108,7 +109,7 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
     if f16:
-        p = _f16(p)
+        p = to_f16(p)
     return np.einsum("hij,jhd->ihd", p, vh).reshape(n, n_head * hd)
 
 
@@ -117,7 +118,7 @@ def forward(weights: Mapping[str, Any], tokens: Sequence[int], *, q8_activations
     """Logits (n_tokens, n_vocab), float64, for tokens at positions 0..n-1."""
     h = hidden_states(weights, tokens, q8_activations=q8_activations, f16_attention=f16_attention,
                       rope_style=rope_style)
-    return _linear(h, weights["output.weight"], q8_activations)
+    return linear(h, weights["output.weight"], q8_activations)
 
 
 def hidden_states(weights: Mapping[str, Any], tokens: Sequence[int], *, q8_activations: bool = False,
@@ -131,25 +132,25 @@ def hidden_states(weights: Mapping[str, Any], tokens: Sequence[int], *, q8_activ
     n = len(tokens)
     pos = np.arange(n)
     q8 = q8_activations
-    maybe_f16 = _f16 if f16_attention else (lambda a: a)
+    maybe_f16 = to_f16 if f16_attention else (lambda a: a)
 
     x = weights["token_embd.weight"][tokens].astype(np.float64)          # (n, n_embd)
     for il in range(hp["n_layer"]):
         w = {key[len(f"blk.{il}."):]: val for key, val in weights.items()
              if key.startswith(f"blk.{il}.")}
         h = rms_norm(x, w["attn_norm.weight"], eps)
-        q = _linear(h, w["attn_q.weight"], q8).reshape(n, n_head, hd)
-        k = _linear(h, w["attn_k.weight"], q8).reshape(n, n_head_kv, hd)
-        v = _linear(h, w["attn_v.weight"], q8).reshape(n, n_head_kv, hd)
+        q = linear(h, w["attn_q.weight"], q8).reshape(n, n_head, hd)
+        k = linear(h, w["attn_k.weight"], q8).reshape(n, n_head_kv, hd)
+        v = linear(h, w["attn_v.weight"], q8).reshape(n, n_head_kv, hd)
         q = rope(rms_norm(q, w["attn_q_norm.weight"], eps), pos, theta, rope_style)
         k = rope(rms_norm(k, w["attn_k_norm.weight"], eps), pos, theta, rope_style)
-        att = _attention(maybe_f16(q), maybe_f16(k), maybe_f16(v), 1.0 / np.sqrt(hd),
-                         f16=f16_attention)
-        x = x + _linear(att, w["attn_output.weight"], q8)
+        att = attention(maybe_f16(q), maybe_f16(k), maybe_f16(v), 1.0 / np.sqrt(hd),
+                        f16=f16_attention)
+        x = x + linear(att, w["attn_output.weight"], q8)
 
         h = rms_norm(x, w["ffn_norm.weight"], eps)
-        gate = _linear(h, w["ffn_gate.weight"], q8)
-        up = _linear(h, w["ffn_up.weight"], q8)
-        x = x + _linear(_silu(gate) * up, w["ffn_down.weight"], q8)
+        gate = linear(h, w["ffn_gate.weight"], q8)
+        up = linear(h, w["ffn_up.weight"], q8)
+        x = x + linear(silu(gate) * up, w["ffn_down.weight"], q8)
 
     return rms_norm(x, weights["output_norm.weight"], eps)

@@ -1,4 +1,5 @@
-"""The Qwen2 tokenizer (Bonsai's) against upstream's reference tokenizations."""
+"""The Qwen2 tokenizer (Bonsai 1.7B-8B) and the Qwen3.5 one (Bonsai 27B) against upstream's reference
+tokenizations (the .inp/.out files next to each vocabulary GGUF in the pinned llama.cpp)."""
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,9 @@ def _reference_cases(vocab_path):
     return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, lines)]
 
 
-@pytest.fixture(scope="module")
-def vocab_path(llama_cpp_dir):
-    return llama_cpp_dir / "models" / "ggml-vocab-qwen2.gguf"
+@pytest.fixture(scope="module", params=["qwen2", "qwen35"])
+def vocab_path(llama_cpp_dir, request):
+    return llama_cpp_dir / "models" / f"ggml-vocab-{request.param}.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,16 @@ def test_out_of_range_token_is_a_value_error(vocab):
         vocab.detokenize([vocab.n_vocab()])
     with pytest.raises(ValueError, match="out of range"):
         vocab.token_to_piece(-1)
+
+
+def test_qwen35_pre_tokenizer_keeps_marks_with_letters(llama_cpp_dir):
+    """The two vocabulary files differ only in tokenizer.ggml.pre; Qwen3.5's split pattern keeps
+    combining marks (\\p{M}) inside words where Qwen2's cuts before them, so Arabic with harakat
+    tokenizes differently (and into fewer tokens): the loader must honour "qwen35"."""
+    text = "ضَرَبَ".encode()
+    models = llama_cpp_dir / "models"
+    with Llama(models / "ggml-vocab-qwen2.gguf", vocab_only=True) as qwen2, \
+            Llama(models / "ggml-vocab-qwen35.gguf", vocab_only=True) as qwen35:
+        old, new = (v.tokenize(text, add_bos=False) for v in (qwen2, qwen35))
+        assert len(new) < len(old)
+        assert qwen35.detokenize(new) == text

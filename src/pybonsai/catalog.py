@@ -26,6 +26,13 @@ class CatalogEntry:
     description: str
 
 
+# Repository and file names as PrismML publishes them (checked against PrismML's own pages; the
+# README's "Models" table says how). The ternary repositories carry three packings of the same
+# weights: `*-Q2_0.gguf` is PrismML's deprecated group-128 layout stored under type id 42, which
+# llama.cpp (and so pybonsai) reads as the official group-64 Q2_0 and refuses; `*-PQ2_0.gguf` is
+# the fork-only type 142; `*-Q2_0_g64.gguf` (27B: `*-Q2_g64.gguf`) is the official Q2_0 that
+# loads here. Bonsai 27B is a vision-language model: the GGUF below is its text part (the
+# vision projector is a separate mmproj file, which pybonsai does not run).
 MODELS: dict[str, CatalogEntry] = {
     e.alias: e for e in (
         CatalogEntry("bonsai-1.7b", "prism-ml/Bonsai-1.7B-gguf", "Bonsai-1.7B-Q1_0.gguf", 0.24,
@@ -34,6 +41,22 @@ MODELS: dict[str, CatalogEntry] = {
                      "Bonsai 4B, 1-bit Q1_0 (Qwen3 architecture)"),
         CatalogEntry("bonsai-8b", "prism-ml/Bonsai-8B-gguf", "Bonsai-8B-Q1_0.gguf", 1.15,
                      "Bonsai 8B, 1-bit Q1_0 (Qwen3 architecture)"),
+        CatalogEntry("bonsai-27b", "prism-ml/Bonsai-27B-gguf", "Bonsai-27B-Q1_0.gguf", 3.80,
+                     "Bonsai 27B, 1-bit Q1_0 (Qwen3.5 hybrid: Gated DeltaNet + gated attention; "
+                     "text only, the vision mmproj is not run)"),
+        CatalogEntry("ternary-bonsai-1.7b", "prism-ml/Ternary-Bonsai-1.7B-gguf",
+                     "Ternary-Bonsai-1.7B-Q2_0_g64.gguf", 0.47,
+                     "Ternary Bonsai 1.7B, ternary Q2_0 group 64 (Qwen3 architecture)"),
+        CatalogEntry("ternary-bonsai-4b", "prism-ml/Ternary-Bonsai-4B-gguf",
+                     "Ternary-Bonsai-4B-Q2_0_g64.gguf", 1.13,
+                     "Ternary Bonsai 4B, ternary Q2_0 group 64 (Qwen3 architecture)"),
+        CatalogEntry("ternary-bonsai-8b", "prism-ml/Ternary-Bonsai-8B-gguf",
+                     "Ternary-Bonsai-8B-Q2_0_g64.gguf", 2.31,
+                     "Ternary Bonsai 8B, ternary Q2_0 group 64 (Qwen3 architecture)"),
+        CatalogEntry("ternary-bonsai-27b", "prism-ml/Ternary-Bonsai-27B-gguf",
+                     "Ternary-Bonsai-27B-Q2_g64.gguf", 7.6,
+                     "Ternary Bonsai 27B, ternary Q2_0 group 64 (Qwen3.5 hybrid; text only, the "
+                     "vision mmproj is not run)"),
     )
 }
 
@@ -44,7 +67,7 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def describe() -> str:
     """One line per known alias (sizes are approximate)."""
-    return "\n".join(f"{e.alias:<12} {e.repo_id}/{e.filename}  (~{e.approx_size_gb:.2f} GB)"
+    return "\n".join(f"{e.alias:<19} {e.repo_id}/{e.filename}  (~{e.approx_size_gb:.2f} GB)"
                      for e in MODELS.values())
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .ggml_types import quant_size, type_name
+
 __all__ = ["GGUFError", "GGUFSummary", "TensorInfo", "check_gguf_path", "mmap_compatible", "scan_gguf"]
 
 GGUF_MAGIC = b"GGUF"
@@ -98,11 +100,7 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        import gguf
-        try:
-            return gguf.GGMLQuantizationType(self.type).name
-        except ValueError:
-            return f"type{self.type}"
+        return type_name(self.type)
 
 
 @dataclass
@@ -211,8 +209,6 @@ def _read_kv(cur: _Cursor, meta: dict[str, Any], index: int) -> None:
 
 
 def _read_tensor(cur: _Cursor, names: set[str], index: int) -> TensorInfo:
-    import gguf
-
     name = cur.string(f"the name of tensor {index}")
     if len(name.encode("utf-8", "surrogateescape")) >= MAX_NAME:
         raise cur.fail(f"tensor {index}'s name is {len(name)} bytes long (the limit is {MAX_NAME - 1})")
@@ -232,12 +228,12 @@ def _read_tensor(cur: _Cursor, names: set[str], index: int) -> TensorInfo:
         raise cur.fail(f"tensor {name!r} has too many elements: shape {shape}")
     ttype = cur.scalar("<I", f"the type of {name!r}")
     try:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
-    except (ValueError, KeyError):
+        block, type_size = quant_size(ttype)
+    except KeyError:
         raise cur.fail(f"tensor {name!r} has unknown ggml type {ttype}", cur.pos - 4) from None
     ne0 = shape[0] if shape else 1
     if ne0 % block:
-        raise cur.fail(f"tensor {name!r} of type {gguf.GGMLQuantizationType(ttype).name} has {ne0} elements "
+        raise cur.fail(f"tensor {name!r} of type {type_name(ttype)} has {ne0} elements "
                        f"per row, not a multiple of its block size {block}")
     offset = cur.scalar("<Q", f"the data offset of {name!r}")
     return TensorInfo(name, shape, ttype, offset, n_el, n_el // block * type_size)

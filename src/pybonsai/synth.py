@@ -1,7 +1,8 @@
-"""Synthetic Qwen3-architecture GGUF models with seeded random Q1_0 weights.
+"""Synthetic Bonsai GGUF models with seeded random Q1_0 or Q2_0 weights.
 
-Used by the tests and benchmarks: the files have the shapes, metadata and
-tokenizer of real Bonsai (1-bit Qwen3) models, but random weights.
+Used by the tests and benchmarks: the files have the shapes, metadata and tokenizer of real
+Bonsai models (1-bit and ternary Qwen3; the Qwen3.5 hybrid of Bonsai 27B), but random weights.
+Shapes and tensor plans: pybonsai.synth_shapes.
 
     python -m pybonsai.synth OUT.gguf --shape tiny --seed 0 [--force]
 """
@@ -12,55 +13,28 @@ import functools
 import os
 import sys
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .q1_0 import BLOCK, BLOCK_BYTES, dequantize_q1_0
+from . import q1_0, q2_0
+from .synth_shapes import SHAPES, WEIGHT_TYPES, ModelShape, arch_metadata, tensor_plan
 
 __all__ = ["ModelShape", "SHAPES", "find_llama_cpp_dir", "write_model", "read_weights", "main"]
 
 ARCH = "qwen3"
 VOCAB_GGUF = "models/ggml-vocab-qwen2.gguf"
 CHAT_TEMPLATE = "models/templates/Qwen-Qwen3-0.6B.jinja"
-_LLAMA_CPP_ENV = "PYBONSAI_LLAMA_CPP_DIR"
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """Hyperparameters of a Qwen3 model (vocab size comes from the tokenizer)."""
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int
-    n_ctx_train: int
-    rope_theta: float = 1e6
-    rms_eps: float = 1e-6
-
-    def validate(self) -> None:
-        for name in ("n_embd", "n_ff"):
-            if getattr(self, name) % BLOCK:
-                raise ValueError(f"{name} must be a multiple of {BLOCK} for Q1_0")
-        if (self.n_head * self.head_dim) % BLOCK:
-            raise ValueError(f"n_head * head_dim must be a multiple of {BLOCK} for Q1_0")
-        if self.n_head % self.n_head_kv or self.head_dim % 2:
-            raise ValueError("n_head must be a multiple of n_head_kv and head_dim even")
-
-
-SHAPES: dict[str, ModelShape] = {
-    "tiny": ModelShape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, head_dim=64,
-                       n_ff=512, n_ctx_train=4096),
-    "bonsai-1.7b": ModelShape(n_embd=2048, n_layer=28, n_head=16, n_head_kv=8, head_dim=128,
-                              n_ff=6144, n_ctx_train=40960),
-    "bonsai-4b": ModelShape(n_embd=2560, n_layer=36, n_head=32, n_head_kv=8, head_dim=128,
-                            n_ff=9728, n_ctx_train=40960),
-    "bonsai-8b": ModelShape(n_embd=4096, n_layer=36, n_head=32, n_head_kv=8, head_dim=128,
-                            n_ff=12288, n_ctx_train=40960),
+# architecture -> (tokenizer GGUF, chat template) in the pinned llama.cpp tree
+ARCH_FILES = {
+    "qwen3": (VOCAB_GGUF, CHAT_TEMPLATE),
+    "qwen35": ("models/ggml-vocab-qwen35.gguf", "models/templates/Qwen3.5-4B.jinja"),
 }
+_DEQUANT = {41: (q1_0.BLOCK, q1_0.BLOCK_BYTES, q1_0.dequantize_q1_0),
+            42: (q2_0.BLOCK, q2_0.BLOCK_BYTES, q2_0.dequantize_q2_0)}
+_LLAMA_CPP_ENV = "PYBONSAI_LLAMA_CPP_DIR"
 
 
 def find_llama_cpp_dir() -> Path:
@@ -101,48 +75,41 @@ _JITTER = (0.75, 1.25)
 _NORM_RANGE = (0.8, 1.2)
 
 
-def _tensor_plan(shape: ModelShape, n_vocab: int) -> list[tuple[str, tuple[int, ...], bool]]:
-    """(name, numpy shape, is_q1_0) for every tensor, in file order."""
-    e, q, kv = shape.n_embd, shape.n_head * shape.head_dim, shape.n_head_kv * shape.head_dim
-    plan: list[tuple[str, tuple[int, ...], bool]] = [("token_embd.weight", (n_vocab, e), True)]
-    for i in range(shape.n_layer):
-        b = f"blk.{i}."
-        plan += [
-            (b + "attn_norm.weight", (e,), False),
-            (b + "attn_q.weight", (q, e), True),
-            (b + "attn_k.weight", (kv, e), True),
-            (b + "attn_v.weight", (kv, e), True),
-            (b + "attn_q_norm.weight", (shape.head_dim,), False),
-            (b + "attn_k_norm.weight", (shape.head_dim,), False),
-            (b + "attn_output.weight", (e, q), True),
-            (b + "ffn_norm.weight", (e,), False),
-            (b + "ffn_gate.weight", (shape.n_ff, e), True),
-            (b + "ffn_up.weight", (shape.n_ff, e), True),
-            (b + "ffn_down.weight", (e, shape.n_ff), True),
-        ]
-    plan += [("output_norm.weight", (e,), False), ("output.weight", (n_vocab, e), True)]
-    return plan
+# Ternary (Q2_0) weights are -1/0/+1 with probabilities 1/4, 1/2, 1/4: variance 1/2 of a sign's,
+# so their scale is sqrt(2) larger for the same output RMS. Gated DeltaNet parameters (F32): conv taps uniform
+# in [-0.5, 0.5], decay rates ssm_a = -A in [-1, -0.1] and dt biases in [-1, 0.5], so the
+# per-token decay exp(A * softplus(.)) stays inside (0, 1) without vanishing.
+_F32_RANGES = {"ssm_conv1d.weight": (-0.5, 0.5), "ssm_a": (-1.0, -0.1), "ssm_dt.bias": (-1.0, 0.5)}
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _make_tensor(seed: int, name: str, shape: tuple[int, ...], is_q1: bool) -> np.ndarray:
+def _make_tensor(seed: int, name: str, shape: tuple[int, ...], quantized: bool, wtype: str) -> np.ndarray:
     rng = _rng(seed, name)
-    if not is_q1:
-        return rng.uniform(*_NORM_RANGE, size=shape).astype(np.float32)
+    if not quantized:
+        lo_hi = next((r for suffix, r in _F32_RANGES.items() if name.endswith(suffix)), _NORM_RANGE)
+        return rng.uniform(*lo_hi, size=shape).astype(np.float32)
     rows, k = shape
-    nb = k // BLOCK
+    _, block, block_bytes = WEIGHT_TYPES[wtype]
+    nb = k // block
     base = 1.0 if name.startswith("token_embd") else 1.0 / np.sqrt(k)
-    out = np.empty((rows, nb, BLOCK_BYTES), dtype=np.uint8)
+    if wtype == "q2_0":
+        base *= np.sqrt(2.0)
+    out = np.empty((rows, nb, block_bytes), dtype=np.uint8)
     step = max(1, (1 << 22) // k)  # generate ~4M weights at a time
     for r0 in range(0, rows, step):
         r = min(step, rows - r0)
         scales = (base * rng.uniform(*_JITTER, size=(r, nb))).astype("<f2")
-        out[r0:r0 + r, :, :2] = scales.view(np.uint8).reshape(r, nb, 2)
-        out[r0:r0 + r, :, 2:] = np.frombuffer(rng.bytes(r * nb * 16), np.uint8).reshape(r, nb, 16)
-    return out.reshape(rows, nb * BLOCK_BYTES)
+        if wtype == "q1_0":  # random sign bytes (the files of earlier versions, byte for byte)
+            out[r0:r0 + r, :, :2] = scales.view(np.uint8).reshape(r, nb, 2)
+            out[r0:r0 + r, :, 2:] = np.frombuffer(rng.bytes(r * nb * 16), np.uint8).reshape(r, nb, 16)
+        else:  # random code bytes with every code 3 (+2d) turned into 1 (0): P(-d, 0, +d) = 1/4, 1/2, 1/4
+            codes = np.frombuffer(rng.bytes(r * nb * 16), np.uint8).reshape(r, nb, 16)
+            out[r0:r0 + r, :, :2] = scales.view(np.uint8).reshape(r, nb, 2)
+            out[r0:r0 + r, :, 2:] = codes & ~(((codes >> 1) & codes & 0x55) << 1)
+    return out.reshape(rows, nb * block_bytes)
 
 
 # --- tokenizer metadata ------------------------------------------------------------------
@@ -190,14 +157,27 @@ def _resolve_shape(shape: str | ModelShape) -> ModelShape:
     return shape
 
 
+def _padded_tokenizer(tok: list[tuple[str, Any, Any, Any]], n_vocab: int) -> list[tuple[str, Any, Any, Any]]:
+    """The tokenizer fields with `[PAD<i>]` tokens of type UNUSED appended up to n_vocab (what the
+    converter writes when a model's embedding has more rows than its tokenizer has tokens)."""
+    n = len(next(v for k, v, _, _ in tok if k == "tokenizer.ggml.tokens"))
+    if n_vocab <= n:
+        return tok
+    extra = range(n, n_vocab)
+    pads = {"tokenizer.ggml.tokens": [f"[PAD{i}]".encode() for i in extra],
+            "tokenizer.ggml.token_type": [5] * len(extra),
+            "tokenizer.ggml.scores": [0.0] * len(extra)}
+    return [(k, list(v) + pads[k], t, st) if k in pads else (k, v, t, st) for k, v, t, st in tok]
+
+
 def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", seed: int = 0,
                 vocab_gguf: str | os.PathLike[str] | None = None,
                 chat_template: str | None = None, overwrite: bool = False) -> Path:
-    """Write a synthetic Qwen3 Q1_0 GGUF to ``path`` and return it.
+    """Write a synthetic Bonsai GGUF (the shape's architecture and weight type) to ``path``.
 
-    ``vocab_gguf`` defaults to llama.cpp's ggml-vocab-qwen2.gguf and ``chat_template`` (the
-    template text) to the Qwen3 template; both are located with find_llama_cpp_dir().
-    Tensors are generated and written one at a time, so memory stays small.
+    ``vocab_gguf`` and ``chat_template`` (the template text) default to the architecture's
+    tokenizer and template in the pinned llama.cpp tree (ARCH_FILES), located with
+    find_llama_cpp_dir(). Tensors are generated and written one at a time, so memory stays small.
     """
     import gguf
 
@@ -207,51 +187,44 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
     shape = _resolve_shape(shape)
     if vocab_gguf is None or chat_template is None:
         root = find_llama_cpp_dir()
-        vocab_gguf = root / VOCAB_GGUF if vocab_gguf is None else vocab_gguf
+        vocab_file, template_file = ARCH_FILES[shape.arch]
+        vocab_gguf = root / vocab_file if vocab_gguf is None else vocab_gguf
         if chat_template is None:
-            chat_template = (root / CHAT_TEMPLATE).read_text(encoding="utf-8")
+            chat_template = (root / template_file).read_text(encoding="utf-8")
 
     tok = _tokenizer_fields(Path(vocab_gguf))
     tokens = next((v for k, v, _, _ in tok if k == "tokenizer.ggml.tokens"), None)
     if not tokens:
         raise ValueError(f"{vocab_gguf} has no tokenizer.ggml.tokens")
-    plan = _tensor_plan(shape, len(tokens))
+    tok = _padded_tokenizer(tok, shape.n_vocab)
+    plan = tensor_plan(shape, max(len(tokens), shape.n_vocab))
+    type_id, block, block_bytes = WEIGHT_TYPES[shape.wtype]
 
     tmp = path.with_name(path.name + ".partial")
-    writer = gguf.GGUFWriter(str(tmp), ARCH)
+    writer = gguf.GGUFWriter(str(tmp), shape.arch)
     try:
-        writer.add_name(f"pybonsai synthetic qwen3 (seed {seed})")
-        writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q1_0))
+        writer.add_name(f"pybonsai synthetic {shape.arch} {shape.wtype} (seed {seed})")
+        writer.add_file_type({"q1_0": 40, "q2_0": 41}[shape.wtype])  # LLAMA_FTYPE_MOSTLY_Q1_0 / _Q2_0
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_context_length(shape.n_ctx_train)
-        writer.add_embedding_length(shape.n_embd)
-        writer.add_block_count(shape.n_layer)
-        writer.add_feed_forward_length(shape.n_ff)
-        writer.add_head_count(shape.n_head)
-        writer.add_head_count_kv(shape.n_head_kv)
-        writer.add_key_length(shape.head_dim)
-        writer.add_value_length(shape.head_dim)
-        writer.add_rope_freq_base(shape.rope_theta)
-        writer.add_layer_norm_rms_eps(shape.rms_eps)
+        for method, value in arch_metadata(shape):
+            getattr(writer, method)(value)
         for key, value, vtype, sub_type in tok:
             writer.add_key_value(key, value, vtype, sub_type)
         if not any(k == "tokenizer.ggml.add_bos_token" for k, *_ in tok):
             writer.add_add_bos_token(False)  # what Qwen3 GGUFs declare
         writer.add_chat_template(chat_template)
 
-        q1 = gguf.GGMLQuantizationType.Q1_0
-        for name, shp, is_q1 in plan:
-            if is_q1:
-                nbytes = shp[0] * shp[1] // BLOCK * BLOCK_BYTES
-                writer.add_tensor_info(name, (shp[0], nbytes // shp[0]), np.dtype(np.uint8),
-                                       nbytes, raw_dtype=q1)
+        for name, shp, quantized in plan:
+            if quantized:  # the element shape with the raw type id (the gguf package may not know it)
+                nbytes = shp[0] * (shp[1] // block) * block_bytes
+                writer.add_tensor_info(name, shp, np.dtype(np.int8), nbytes, raw_dtype=type_id)
             else:
                 writer.add_tensor_info(name, shp, np.dtype(np.float32), 4 * int(np.prod(shp)))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for name, shp, is_q1 in plan:
-            writer.write_tensor_data(_make_tensor(seed, name, shp, is_q1))
+        for name, shp, quantized in plan:
+            writer.write_tensor_data(_make_tensor(seed, name, shp, quantized, shape.wtype))
         writer.close()
         os.replace(tmp, path)
     except BaseException:
@@ -264,41 +237,52 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
 # --- reading -----------------------------------------------------------------------------
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Dequantized float32 weights of a (small) qwen3 GGUF, keyed by tensor name.
+    """Dequantized float32 weights of a (small) qwen3 or qwen35 GGUF, keyed by tensor name.
 
     Matrices have numpy shape (rows, K), i.e. y = W @ x. The extra key "hparams" holds a dict
     with the ModelShape fields plus n_vocab. Everything is loaded in memory: small models only.
     """
-    from gguf import GGMLQuantizationType, GGUFReader
+    from .gguf_file import scan_gguf
 
-    reader = GGUFReader(str(path))
+    summary = scan_gguf(path)
+    meta = summary.metadata
 
-    def get(key: str) -> Any:
-        field = reader.fields.get(key)
-        if field is None:
+    def get(key: str, default: Any = None) -> Any:
+        if key not in meta:
+            if default is not None:
+                return default
             raise KeyError(f"{path}: missing {key}")
-        return _field_value(field)[0]
+        return meta[key]
 
-    arch = get("general.architecture").decode()
-    if arch != ARCH:
-        raise ValueError(f"{path}: architecture {arch!r}, expected {ARCH!r}")
-    a = f"{ARCH}."
+    arch = get("general.architecture")
+    if arch not in ARCH_FILES:
+        raise ValueError(f"{path}: architecture {arch!r}, expected one of {sorted(ARCH_FILES)}")
+    types = {t.type for t in summary.tensors if t.type in _DEQUANT}
+    a = f"{arch}."
+    hybrid = {} if arch == "qwen3" else dict(
+        full_attn_interval=get(a + "full_attention_interval", 4), rope_dim=get(a + "rope.dimension_count"),
+        ssm_conv=get(a + "ssm.conv_kernel"), ssm_state=get(a + "ssm.state_size"),
+        ssm_groups=get(a + "ssm.group_count"), ssm_v_heads=get(a + "ssm.time_step_rank"))
     shape = ModelShape(
         n_embd=get(a + "embedding_length"), n_layer=get(a + "block_count"),
         n_head=get(a + "attention.head_count"), n_head_kv=get(a + "attention.head_count_kv"),
         head_dim=get(a + "attention.key_length"), n_ff=get(a + "feed_forward_length"),
         n_ctx_train=get(a + "context_length"), rope_theta=get(a + "rope.freq_base"),
-        rms_eps=get(a + "attention.layer_norm_rms_epsilon"))
+        rms_eps=get(a + "attention.layer_norm_rms_epsilon"), arch=arch,
+        wtype="q2_0" if 42 in types else "q1_0", **hybrid)
+    data = np.memmap(summary.path, dtype=np.uint8, mode="r")
     weights: dict[str, Any] = {}
-    for t in reader.tensors:
+    for t in summary.tensors:
+        raw = data[summary.data_offset + t.offset:summary.data_offset + t.offset + t.n_bytes]
         k = int(t.shape[0])          # GGUF dims are ggml order: ne0 (row length) first
-        if t.tensor_type == GGMLQuantizationType.Q1_0:
-            raw = np.asarray(t.data).reshape(-1, k // BLOCK * BLOCK_BYTES)
-            weights[t.name] = dequantize_q1_0(raw, k)
-        elif t.tensor_type == GGMLQuantizationType.F32:
-            weights[t.name] = np.array(t.data, dtype=np.float32)
+        shp = tuple(int(d) for d in reversed(t.shape))
+        if t.type in _DEQUANT:
+            block, block_bytes, dequantize = _DEQUANT[t.type]
+            weights[t.name] = dequantize(np.asarray(raw).reshape(-1, k // block * block_bytes), k)
+        elif t.type == 0:  # F32
+            weights[t.name] = np.array(raw).view("<f4").reshape(shp)
         else:
-            raise ValueError(f"{path}: tensor {t.name} has unsupported type {t.tensor_type.name}")
+            raise ValueError(f"{path}: tensor {t.name} has unsupported type {t.type_name}")
     weights["hparams"] = {**asdict(shape), "n_vocab": weights["token_embd.weight"].shape[0]}
     return weights
 
@@ -308,7 +292,7 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pybonsai.synth",
-        description="Write a synthetic Qwen3 GGUF with seeded random Q1_0 weights.")
+        description="Write a synthetic Bonsai GGUF with seeded random Q1_0 or Q2_0 weights.")
     parser.add_argument("out", help="output .gguf path")
     parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     parser.add_argument("--seed", type=int, default=0)
