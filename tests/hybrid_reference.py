@@ -43,8 +43,9 @@ Options emulating what ggml's CPU backend rounds on purpose (off by default):
                       reads it: q and the probabilities stay f32); "qkvp": q, k, v and the softmax
                       probabilities to fp16 (ggml's attention without flash attention).
 With q8_activations and the matching attention_rounding, the float64 result matched pybonsai's CPU
-build to ~3e-8 relative at most positions of the tiny hybrid; a rounding tie decided the other way
-moves later positions by up to ~1e-2 (the recurrent state carries it on, decaying).
+build to ~3e-8 relative at most positions of the tiny hybrids; where an activation sits so close
+to a Q8_0 rounding boundary that float32 (ggml) and float64 (here) round it apart, that position and
+some later ones (through the attention and the recurrent state) move by up to ~1e-2.
 Deliberately wrong variants (tests show the tolerance rejects them):
   key_heads="grouped"  value head h reads key head h // (ssm_v_heads / ssm_groups);
   l2_norm=False        q and k of the DeltaNet not L2-normalized;

@@ -8,19 +8,24 @@ Two tiers.
    noise is the Q8_0 rounding of every matmul input (see test_reference_logits: ~0.5% per matmul,
    adding in quadrature); a hybrid layer feeds more matmuls into each logit than a Qwen3 layer (qkv,
    z, alpha, beta and out in a DeltaNet layer, then the FFN's three) and there are four layers, so
-   about 33 matmuls: ~3%. Measured (max over positions / median): the Q8_0 + fp16 emulation 3.5% /
-   2.1%; pybonsai tiny-hybrid 3.5% / 2.1% with flash attention and without; ternary-tiny-hybrid 4.1% /
-   2.1%. 8% is twice the largest. A wrong key-head mapping for the value heads (grouped h // 3
-   instead of the GGUF's tiled h % 2) is off by 92% and DeltaNet q/k without L2 normalization by 83%:
-   test_tolerance_rejects_wrong_variants shows the assertion fails for both.
+   about 33 matmuls: ~3%. Measured, max over positions (median): the Q8_0 + fp16 emulation 3.49%
+   (2.08%); pybonsai tiny-hybrid 3.53% (2.07%) with flash attention, 3.49% (2.08%) without;
+   ternary-tiny-hybrid 2.83% (1.97%) and 2.82% (1.94%); English text 4.09% (1.97%). 8% is about twice
+   the largest. A wrong key-head mapping for the value heads (grouped h // 3 instead of the GGUF's
+   tiled h % 2) is off by 92% and DeltaNet q/k without L2 normalization by 83%:
+   test_tolerance_rejects_wrong_variants shows that the assertion fails for both.
 2. Without flash attention pybonsai runs ggml's standard CPU attention, whose roundings the
-   reference can emulate (q8_activations, attention_rounding="qkvp"): the median position must then
-   agree within EMULATED_TOL = 1e-4 (measured 3.1e-8 for Q1_0, 4.8e-8 for Q2_0; the median,
-   because a rounding tie decided the other way moves a few positions by up to ~6e-3). This tier
-   catches what the noise of tier 1 hides: normal (adjacent-pair) RoPE on the 16 rotated dimensions
-   is only 5.6% off the exact reference but has a median of 3% against the emulation. With flash
-   attention (the default), the error against the "kv" emulation (pybonsai's kernel reads the f16
-   KV cache with f32 queries and probabilities) is printed: ~3e-8 where that kernel runs.
+   reference emulates (q8_activations, attention_rounding="qkvp"). Then at least a quarter of the
+   positions must agree within EMULATED_TOL = 1e-4. Measured: 39/40 positions at ~3e-8 for Q1_0,
+   27/40 at ~5e-8 for Q2_0; the others are off by up to 7e-3 where an activation sat so close to a
+   Q8_0 rounding boundary that float32 (ggml) and float64 (here) rounded it apart, which moves that
+   position and, through the attention and the recurrent state, some later ones (hence a quarter,
+   not all). This tier catches what the noise of tier 1 hides: normal (adjacent-pair) RoPE on the 16
+   rotated dimensions is only 5.6% off the exact reference, but agrees with the emulation at 1/40
+   positions (position 0, where RoPE is the identity). With flash attention (the default) the error
+   against the "kv" emulation (pybonsai's kernel reads the f16 KV cache with f32 queries and
+   probabilities) is printed: 40/40 positions at ~3e-8 for Q1_0 where that kernel runs (x86-64 with
+   AVX2), 25/40 for Q2_0.
 """
 from __future__ import annotations
 
@@ -56,8 +61,8 @@ def package_logits(model_path, tokens: Optional[list[int]] = None, text: Optiona
     from pybonsai import Llama
 
     kwargs = {} if flash_attn is None else {"flash_attn": flash_attn}
-    with Llama(model_path=str(model_path), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, verbose=False,
-               **kwargs) as llm:
+    with Llama(model_path=str(model_path), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, n_threads=1,
+               verbose=False, **kwargs) as llm:
         if tokens is None:
             tokens = llm.tokenize(text, add_bos=False)
         llm.eval(tokens)
@@ -66,8 +71,10 @@ def package_logits(model_path, tokens: Optional[list[int]] = None, text: Optiona
     return tokens, logits
 
 
-def median_rel(logits: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.median(np.linalg.norm(logits - reference, axis=1) / np.linalg.norm(reference, axis=1)))
+def n_close(logits: np.ndarray, reference: np.ndarray) -> int:
+    """How many positions agree within EMULATED_TOL (relative L2 error)."""
+    rel = np.linalg.norm(logits - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    return int(np.sum(rel <= EMULATED_TOL))
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +165,7 @@ def test_emulated_tier_rejects_normal_rope(variants: Mapping[str, np.ndarray]):
     s = checks.compare(variants["normal_rope (ggml-like)"], variants["ggml-like"], REL_TOL)
     print(checks.report("normal rope vs ggml-like", s))
     assert s["max_rel"] < REL_TOL                     # tier 1 alone would let it pass
-    assert median_rel(variants["normal_rope (ggml-like)"], variants["ggml-like"]) > 100 * EMULATED_TOL
+    assert n_close(variants["normal_rope (ggml-like)"], variants["ggml-like"]) < N_TOKENS // 4
 
 
 # --- the package ---------------------------------------------------------------------------
@@ -178,7 +185,7 @@ def test_package_logits_match_reference(request: pytest.FixtureRequest, exact_re
     print(checks.report(f"{label} vs ggml-like ({rounding}) reference",
                         checks.compare(logits, emulated, REL_TOL)))
     if flash_attn is False:
-        assert median_rel(logits, emulated) <= EMULATED_TOL
+        assert n_close(logits, emulated) >= N_TOKENS // 4
 
 
 def test_package_text_matches_reference(tiny_hybrid_model_path, tiny_hybrid_weights: Mapping):

@@ -6,6 +6,8 @@ import pytest
 
 from pybonsai import Llama, LlamaDiskCache, LlamaRAMCache, LlamaState, synth
 
+from eval_recording import SYSTEM, chat_turns, record_evals
+
 PROMPT = b"The quick brown fox jumps over the lazy dog, and then"
 
 
@@ -115,42 +117,11 @@ def test_bad_states_raise_and_leave_the_context_alone(llm, tiny_model_path, tmp_
         llm.load_state({"n_tokens": 3})
 
 
-def _count_evaluated(llm: Llama, monkeypatch) -> list[int]:
-    counted = [0]
-    real = Llama.eval
-
-    def counting(tokens):
-        counted[0] += len(tokens)
-        return real(llm, tokens)
-
-    monkeypatch.setattr(llm, "eval", counting)
-    return counted
-
-
-SYSTEM = ("You are a careful assistant. " * 12).strip()
-
-
-def _chat_turns(llm: Llama, cache, monkeypatch) -> tuple[int, int, int]:
-    """Turn 1, an unrelated prompt that takes over the context, turn 2: tokens evaluated in
-    turn 2, the length of its prompt, and turn 2's text."""
-    llm.reset()
-    llm.set_cache(cache)
-    history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about foxes."}]
-    first = llm.create_chat_completion(history, max_tokens=8, temperature=0, enable_thinking=False)
-    history += [first["choices"][0]["message"], {"role": "user", "content": "And dogs?"}]
-    llm.create_completion("An unrelated prompt that replaces the context", max_tokens=4, temperature=0)
-    counted = _count_evaluated(llm, monkeypatch)
-    second = llm.create_chat_completion(history, max_tokens=8, temperature=0, enable_thinking=False)
-    monkeypatch.undo()
-    llm.set_cache(None)
-    return counted[0], second["usage"]["prompt_tokens"], second["choices"][0]["message"]["content"]
-
-
 @pytest.mark.parametrize("kind", ["ram", "disk"])
 def test_second_chat_turn_does_not_re_evaluate_the_history(llm, monkeypatch, tmp_path, kind):
-    evaluated_without, prompt_len, text_without = _chat_turns(llm, None, monkeypatch)
+    evaluated_without, prompt_len, text_without = chat_turns(llm, None, monkeypatch)
     cache = LlamaRAMCache() if kind == "ram" else LlamaDiskCache(tmp_path / "cache")
-    evaluated_with, prompt_len2, text_with = _chat_turns(llm, cache, monkeypatch)
+    evaluated_with, prompt_len2, text_with = chat_turns(llm, cache, monkeypatch)
     assert prompt_len == prompt_len2 > 100
     # without a cache the whole prompt (history included) is evaluated again, plus the 7 sampled
     # tokens fed back; with it only the new messages (and those 7)
@@ -166,10 +137,10 @@ def test_disk_cache_serves_a_new_process_worth_of_llama(tiny_model_path, tmp_pat
         first = a.create_completion(prompt, max_tokens=6, temperature=0)
     with Llama(tiny_model_path, n_ctx=512, n_threads=1) as b:  # as after a restart
         b.set_cache(LlamaDiskCache(tmp_path / "c"))
-        counted = _count_evaluated(b, monkeypatch)
+        calls = record_evals(b, monkeypatch)
         again = b.create_completion(prompt, max_tokens=6, temperature=0)
     assert again["choices"][0]["text"] == first["choices"][0]["text"]
-    assert counted[0] <= 6  # the last prompt token is re-evaluated for fresh logits, then 5 sampled
+    assert sum(map(len, calls)) <= 6  # the last prompt token is re-evaluated for fresh logits, then 5 sampled
 
 
 def test_caches_are_lru_bounded_by_bytes(llm, tmp_path):

@@ -117,6 +117,7 @@ class Llama:
         self._ctx: Optional[_core.Context] = None
         self.cache: Optional[BaseLlamaCache] = None
         self._model_fingerprint: Optional[str] = None
+        self._recurrent: Optional[bool] = None
         self._lock = threading.RLock()  # serializes calls from threads sharing this Llama
         self._owner: Optional[object] = None  # the generate() that made the context's last eval
         self._inside = threading.local()  # .generating: eval() called by generate() keeps a cancel
@@ -388,13 +389,28 @@ class Llama:
             raise RuntimeError("no token has been evaluated yet")
         return self.scores[self.n_tokens - 1] if self.logits_all else self.scores[0]
 
+    @property
+    def is_recurrent(self) -> bool:
+        """Whether the model keeps a recurrent state (Mamba, RWKV, and hybrids such as the qwen35
+        Gated DeltaNet layers of Bonsai 27B): its memory holds a summary of every token evaluated,
+        which cannot be cut back to a shorter prefix; only clearing it, or continuing, is possible."""
+        if self._recurrent is None:
+            meta = self.metadata
+            arch = meta.get("general.architecture", "")
+            self._recurrent = any(k.startswith((f"{arch}.ssm.", f"{arch}.wkv.", f"{arch}.shortconv."))
+                                  for k in meta)
+        return self._recurrent
+
     def _reuse_prefix(self, tokens: list[int]) -> list[int]:
         """Keep the evaluated prefix shared with `tokens`; return what still needs evaluating
-        (always at least one token, so that fresh logits exist)."""
+        (always at least one token, so that fresh logits exist). A recurrent state is kept only if
+        every evaluated token starts `tokens` (it cannot be cut back), else evaluation restarts."""
         common = 0
         limit = min(self.n_tokens, len(tokens) - 1)
         while common < limit and self.input_ids[common] == tokens[common]:
             common += 1
+        if common < self.n_tokens and self.is_recurrent:
+            common = 0
         self._forget_after(common)
         return tokens[self.n_tokens:]
 
@@ -444,10 +460,9 @@ class Llama:
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             penalize_nl=penalize_nl, grammar=grammar)
         if idx is None and self.ctx.n_outputs == 0:
-            # No live logits (a restored state): evaluate the last token again to get them.
-            last = int(self.input_ids[self.n_tokens - 1])
-            self._forget_after(self.n_tokens - 1)
-            self.eval([last])
+            # No live logits (a restored state): evaluate the last token again to get them (all the
+            # tokens again where a recurrent state cannot be cut back by one).
+            self.eval(self._reuse_prefix(self.input_ids[:self.n_tokens].tolist()))
         upto = self.n_tokens if idx is None else idx + 1
         prime_penalties(sampler, params, [int(t) for t in self.input_ids[:upto]])
         if logits_processor is not None:

@@ -5,7 +5,11 @@ A cache maps the tokens a context had evaluated to the `LlamaState` saved after 
 completion, the entry sharing the longest prefix with the new prompt is restored when it shares
 more than what the context already holds; after a completion, the context's state is stored. So
 a chat's next turn evaluates only the new messages even when other prompts ran in between, and a
-disk cache lets a new process skip a long system prompt.
+disk cache lets a new process skip a long system prompt. A model with a recurrent state (hybrids
+such as Bonsai 27B) cannot cut a state back to a shared prefix: there an entry is used only when
+all of its tokens start the prompt, and states partway through the prompt are stored too (before
+its last control token and before its last token), so that the next chat turn, the same prompt or
+one that continues it is served (restore_longest_prefix).
 
 The disk cache uses only the standard library (no `diskcache` dependency): one file per entry in
 `LlamaState.save`'s format, named by a hash of its key; least-recently-used by file mtime; writes
@@ -66,9 +70,23 @@ class BaseLlamaCache(ABC):
                 best, best_len = k, n
         return best
 
+    def longest_whole_prefix(self, tokens: Sequence[int]) -> Optional[Key]:
+        """The longest key that `tokens` start with entirely (what a recurrent state can continue
+        from), or None."""
+        tokens = tuple(int(t) for t in tokens)
+        whole = [k for k in self._keys() if 0 < len(k) <= len(tokens) and tokens[:len(k)] == k]
+        return max(whole, key=len, default=None)
+
     @abstractmethod
+    def _get(self, key: Key) -> LlamaState:
+        """The state stored under exactly `key`, marked most recently used (KeyError if gone)."""
+
     def __getitem__(self, key: Sequence[int]) -> LlamaState:
         """The state whose key shares the longest prefix with `key`; KeyError if none shares any."""
+        found = self._find_longest_prefix_key(tuple(key))
+        if found is None:
+            raise KeyError("no cached state shares a prefix with these tokens")
+        return self._get(found)
 
     def __contains__(self, key: Sequence[int]) -> bool:
         return self._find_longest_prefix_key(tuple(key)) is not None
@@ -95,12 +113,9 @@ class LlamaRAMCache(BaseLlamaCache):
     def _keys(self) -> list[Key]:
         return list(self.cache_state)
 
-    def __getitem__(self, key: Sequence[int]) -> LlamaState:
-        found = self._find_longest_prefix_key(tuple(key))
-        if found is None:
-            raise KeyError("no cached state shares a prefix with these tokens")
-        self.cache_state.move_to_end(found)
-        return self.cache_state[found]
+    def _get(self, key: Key) -> LlamaState:
+        self.cache_state.move_to_end(key)
+        return self.cache_state[key]
 
     def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
         key = tuple(int(t) for t in key)
@@ -152,11 +167,8 @@ class LlamaDiskCache(BaseLlamaCache):
     def _keys(self) -> list[Key]:
         return list(self._live())
 
-    def __getitem__(self, key: Sequence[int]) -> LlamaState:
-        found = self._find_longest_prefix_key(tuple(key))
-        if found is None:
-            raise KeyError("no cached state shares a prefix with these tokens")
-        path = self._index[found]
+    def _get(self, key: Key) -> LlamaState:
+        path = self._index[key]
         try:
             state, _ = read_state_file(path)
         except FileNotFoundError:
@@ -205,10 +217,17 @@ class LlamaDiskCache(BaseLlamaCache):
 
 def restore_longest_prefix(llm: "Llama", tokens: Sequence[int]) -> bool:
     """Before evaluating `tokens`: load the cached state sharing the longest prefix with them if it
-    shares more than the context holds now. True if a state was loaded."""
+    shares more than the context holds now. True if a state was loaded.
+
+    A recurrent model (Llama.is_recurrent) cannot cut a state back to a shared prefix, so there only
+    a state whose every token starts `tokens[:-1]` counts (the last token is always evaluated, for
+    fresh logits), and the prompt is then checkpointed (checkpoint_ends): evaluated up to a point and
+    stored, so that a later prompt starting with the same tokens up to that point starts there."""
     cache = llm.cache
     if cache is None or len(tokens) < 2:
         return False
+    if llm.is_recurrent:
+        return _restore_whole_prefix(llm, cache, [int(t) for t in tokens])
     try:
         state = cache[tokens]
     except KeyError:
@@ -217,6 +236,10 @@ def restore_longest_prefix(llm: "Llama", tokens: Sequence[int]) -> bool:
     current = longest_token_prefix(llm.input_ids[:llm.n_tokens], tokens)
     if cached <= current:
         return False
+    return _load(llm, state)
+
+
+def _load(llm: "Llama", state: LlamaState) -> bool:
     try:
         llm.load_state(state)
     except ValueError as exc:  # e.g. a disk cache shared with another model
@@ -224,6 +247,39 @@ def restore_longest_prefix(llm: "Llama", tokens: Sequence[int]) -> bool:
             print(f"pybonsai: prompt cache entry not used: {exc}", file=sys.stderr)
         return False
     return True
+
+
+def _restore_whole_prefix(llm: "Llama", cache: BaseLlamaCache, tokens: list[int]) -> bool:
+    """restore_longest_prefix for a recurrent model (see there)."""
+    prefix = tokens[:-1]
+    evaluated = llm.input_ids[:llm.n_tokens]
+    held = llm.n_tokens if longest_token_prefix(evaluated, prefix) == llm.n_tokens else 0
+    key = cache.longest_whole_prefix(prefix)
+    loaded = False
+    if key is not None and len(key) > held:
+        try:
+            loaded = _load(llm, cache._get(key))
+        except KeyError:  # evicted meanwhile (a disk cache shared with another process)
+            pass
+    for end in checkpoint_ends(llm, tokens):
+        if key is not None and len(key) >= end:
+            continue                                      # a cached state covers it already
+        pending = llm._reuse_prefix(tokens[:end + 1])[:-1]  # up to `end`, after what is kept
+        if pending:
+            llm.eval(pending)
+        cache[tokens[:end]] = llm.save_state()
+    return loaded
+
+
+def checkpoint_ends(llm: "Llama", tokens: Sequence[int]) -> list[int]:
+    """Where a recurrent model's prompt is checkpointed: before its last control token (in a chat
+    prompt the start of the reply's turn, up to which the next turn re-renders the conversation
+    token for token), and before its last token (for the same prompt again, or one continuing it)."""
+    ends = [len(tokens) - 1]
+    last_control = next((i for i in range(len(tokens) - 2, 0, -1) if llm.model.is_control(int(tokens[i]))), 0)
+    if last_control:
+        ends.insert(0, last_control)
+    return ends
 
 
 def remember(llm: "Llama") -> None:
