@@ -271,3 +271,20 @@ def test_next_chat_turn_starts_from_the_checkpoint(hybrid, monkeypatch):
     assert without >= prompt_len > 100
     assert with_cache < 50
     assert text_with == text_without
+
+
+def test_bench_depth_fill_on_a_recurrent_model(hybrid, tokens):
+    """The benchmark brings the context back to its depth between runs; a recurrent state cannot be
+    cut back, so the depth is evaluated again (it used to leave an empty context: depth 0)."""
+    from pybonsai.bench import _fill
+
+    depth = tokens["shorter"]
+    hybrid.reset()
+    hybrid.eval(tokens["base"])
+    _fill(hybrid, depth)
+    assert hybrid.n_tokens == len(depth)
+    hybrid.eval([11])
+    after = hybrid.last_logits.copy()
+    hybrid.reset()
+    hybrid.eval(depth + [11])
+    np.testing.assert_array_equal(hybrid.last_logits, after)

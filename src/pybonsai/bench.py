@@ -57,10 +57,11 @@ def _random_tokens(llm: Llama, n: int, seed: int) -> list[int]:
 
 
 def _fill(llm: Llama, depth: list[int]) -> None:
-    """Bring the cache to exactly `depth` (evaluating it only if it is not there already)."""
+    """Bring the cache to exactly `depth` (evaluating it only if it is not there already, or if the
+    memory cannot be cut back to it: a recurrent state is then cleared by _forget_after)."""
     if llm.n_tokens >= len(depth) and list(llm.input_ids[:len(depth)]) == depth:
         llm._forget_after(len(depth))
-    else:
+    if llm.n_tokens != len(depth):
         llm.reset()
         llm.eval(depth)
 
