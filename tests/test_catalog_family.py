@@ -8,7 +8,6 @@ from typing import Iterator
 
 import pytest
 
-from family_models import hybrid_model_path, ternary_hybrid_model_path, ternary_model_path  # noqa: F401
 from hub_fixtures import hub_env, run_py  # noqa: F401
 from hub_server import HubServer
 from pybonsai import catalog
@@ -41,15 +40,16 @@ def test_family_entries():
 
 
 @pytest.fixture
-def hub(tiny_model_path, hybrid_model_path, ternary_model_path, ternary_hybrid_model_path) -> Iterator[HubServer]:
+def hub(tiny_model_path, tiny_hybrid_model_path, ternary_tiny_model_path,
+        ternary_tiny_hybrid_model_path) -> Iterator[HubServer]:
     """The family's repositories with synthetic stand-ins of the right architecture and type.
     The ternary repositories also hold PrismML's other packings (the deprecated group-128
     `*-Q2_0.gguf` and the fork's `*-PQ2_0.gguf`, here junk bytes): an alias must pick the official
     group-64 file that this llama.cpp loads."""
     server = HubServer()
-    stand_in = {"bonsai-27b": hybrid_model_path, "ternary-bonsai-27b": ternary_hybrid_model_path}
+    stand_in = {"bonsai-27b": tiny_hybrid_model_path, "ternary-bonsai-27b": ternary_tiny_hybrid_model_path}
     for alias, (repo, name) in FAMILY.items():
-        default = ternary_model_path if alias.startswith("ternary") else tiny_model_path
+        default = ternary_tiny_model_path if alias.startswith("ternary") else tiny_model_path
         files = {name: stand_in.get(alias, default), "README.md": b"# stand-in\n"}
         if alias.startswith("ternary"):
             stem = name.split("-Q2_")[0]

@@ -11,7 +11,6 @@ import time
 import openai
 import pytest
 
-from family_models import hybrid_model_path, ternary_model_path  # noqa: F401
 from pybonsai import Engine, Llama
 from server_process import ServerProcess
 
@@ -22,9 +21,9 @@ def _text(result) -> str:
     return result["choices"][0]["text"]
 
 
-def _reference(path, prompts, max_tokens):
+def _reference(path, prompts, max_tokens, flash_attn):
     """Greedy texts from the plain Llama, one request at a time, with the Engine's attention."""
-    with Llama(str(path), n_ctx=512, n_threads=2, flash_attn=False) as llm:
+    with Llama(str(path), n_ctx=512, n_threads=2, flash_attn=flash_attn) as llm:
         return [_text(llm.create_completion(p, max_tokens=max_tokens, temperature=0)) for p in prompts]
 
 
@@ -43,14 +42,14 @@ def _concurrently(engine, prompts, max_tokens):
 
 
 @pytest.fixture(scope="module")
-def hybrid_reference(hybrid_model_path):
-    return _reference(hybrid_model_path, PROMPTS, 16)
+def hybrid_reference(tiny_hybrid_model_path):
+    return _reference(tiny_hybrid_model_path, PROMPTS, 16, flash_attn=True)
 
 
 @pytest.fixture(scope="module")
-def hybrid_engine(hybrid_model_path):
+def hybrid_engine(tiny_hybrid_model_path):
     # a 32-token prefill chunk: the long prompt is decoded over several steps, beside other sequences
-    with Engine(str(hybrid_model_path), n_parallel=4, n_ctx=2048, n_threads=2, prefill_chunk=32) as e:
+    with Engine(str(tiny_hybrid_model_path), n_parallel=4, n_ctx=2048, n_threads=2, prefill_chunk=32) as e:
         yield e
 
 
@@ -86,18 +85,18 @@ def test_hybrid_cancelled_request_leaves_a_clean_slot(hybrid_engine, hybrid_refe
     assert _text(hybrid_engine.create_completion(PROMPTS[0], max_tokens=16, temperature=0)) == hybrid_reference[0]
 
 
-def test_ternary_engine(ternary_model_path):
+def test_ternary_engine(ternary_tiny_model_path):
     """Q2_0 weights through the Engine: alone and two at a time, the same greedy texts as Llama."""
     prompts = PROMPTS[:3]
-    want = _reference(ternary_model_path, prompts, 6)
-    with Engine(str(ternary_model_path), n_parallel=2, n_ctx=1024, n_threads=2) as e:
+    want = _reference(ternary_tiny_model_path, prompts, 6, flash_attn=False)
+    with Engine(str(ternary_tiny_model_path), n_parallel=2, n_ctx=1024, n_threads=2) as e:
         assert [_text(e.create_completion(p, max_tokens=6, temperature=0)) for p in prompts] == want
         assert _concurrently(e, prompts, 6) == want
 
 
-def test_hybrid_through_the_server(hybrid_model_path, hybrid_reference, tmp_path):
+def test_hybrid_through_the_server(tiny_hybrid_model_path, hybrid_reference, tmp_path):
     """`pybonsai serve` with the hybrid model, driven by the real openai client, four at a time."""
-    srv = ServerProcess(hybrid_model_path, "--parallel", "4", "--n-ctx", "2048",
+    srv = ServerProcess(tiny_hybrid_model_path, "--parallel", "4", "--n-ctx", "2048",
                         log=tmp_path / "server.log")
     try:
         with openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:

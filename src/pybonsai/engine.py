@@ -11,7 +11,12 @@ The KV cache is unified (one pool of n_ctx cells): at this llama.cpp pin a split
 batch into one micro-batch per run of consecutive sequence ids (llama_batch_allocr::split_equal
 with sequential=true), i.e. one more pass over the weights whenever the active slots are not
 0..k, and splits every mixed prefill+decode step. Each sequence still gets its own share
-(n_ctx // n_parallel tokens), enforced here, so the pool can never run out."""
+(n_ctx // n_parallel tokens), enforced here, so the pool can never run out.
+
+Models with recurrent layers (the qwen35 hybrid of Bonsai 27B: Gated DeltaNet layers) also keep
+one recurrent state per sequence: llama.cpp sizes that memory by n_seq_max = n_parallel cells, and
+`seq_rm(seq, 0, -1)` frees a finished sequence's cell, so the next request starts from a zero
+state. For them flash attention is on by default (see Engine)."""
 from __future__ import annotations
 
 import collections
@@ -22,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
-from . import _core, completions, kv_cache
+from . import _core, completions, kv_cache, model_info
 from .completions import CompletionJob, TokenTextStream, _Step, _Usage
 from .llama import Llama, _default_threads
 from .logits import check_logit_bias
@@ -109,20 +114,24 @@ class Engine:
     """Serve many completions at once from one model and one context (see the module doc).
 
     `n_ctx` is the whole KV pool (default 2048 per sequence); every request may use
-    `n_ctx_per_seq` = n_ctx // n_parallel tokens, prompt included. `flash_attn` is off by
-    default: with it, llama.cpp's CPU attention rounds differently for different batch shapes,
-    so a request's greedy text could depend on what it was batched with."""
+    `n_ctx_per_seq` = n_ctx // n_parallel tokens, prompt included. `flash_attn=None` (the
+    default) is off, except for models with recurrent layers: with llama.cpp's CPU attention
+    (flash off) a hybrid's logits depend on where the other sequences' KV cells lie (a request's
+    greedy text changed when another sequence finished), with our flash-attention kernel they do
+    not; for the others, flash attention rounds differently for different batch shapes where
+    llama.cpp's own kernel runs, so it stays off unless asked for."""
 
     def __init__(self, model_path: str, *, n_parallel: int = 4, n_ctx: Optional[int] = None,
                  n_batch: int = 512, n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
                  n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, chat_template: Optional[str] = None,
-                 flash_attn: Union[bool, str] = False, max_queue: int = 64, prefill_chunk: int = 256,
+                 flash_attn: Union[bool, str, None] = None, max_queue: int = 64, prefill_chunk: int = 256,
                  verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None) -> None:
         for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
                         ("prefill_chunk", prefill_chunk)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        kv = kv_cache.resolve(type_k, type_v, flash_attn)  # ValueError before anything loads
+        # ValueError before anything loads (the default counts as off until the model is known)
+        kv = kv_cache.resolve(type_k, type_v, False if flash_attn is None else flash_attn)
         if n_parallel > 256:
             raise ValueError(f"n_parallel must be at most 256, got {n_parallel}")
         # The vocab-only Llama tokenizes, renders chat templates and turns tokens into text for
@@ -132,6 +141,8 @@ class Engine:
         self.model_path = self.llm.model_path
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=False,
                                   use_mmap=True, progress=None)
+        if flash_attn is None and model_info.has_recurrent_layers(self.llm.metadata):
+            kv = kv_cache.resolve(type_k, type_v, True)
         if n_ctx is None or n_ctx == 0:
             n_ctx = min(2048, self._model.n_ctx_train or 2048) * n_parallel
         if not isinstance(n_ctx, int) or n_ctx < n_parallel:

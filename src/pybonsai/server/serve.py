@@ -43,8 +43,16 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
-    kv_cache.add_cli_options(p, flash_attn="off")  # see Engine: the same text alone or batched
+    # "default": the Engine's (off, on for hybrid models): the same text alone or batched
+    kv_cache.add_cli_options(p, flash_attn="default")
     return p
+
+
+def _kv_kwargs(args) -> dict:
+    kwargs = kv_cache.cli_kwargs(args)
+    if kwargs["flash_attn"] == "default":
+        kwargs["flash_attn"] = None
+    return kwargs
 
 
 def _missing_extra(exc: ImportError) -> int:
@@ -72,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
         engine = Engine(str(path), n_parallel=args.parallel, n_ctx=args.n_ctx, n_batch=args.batch,
                         n_threads=args.threads, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                         seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
-                        verbose=args.verbose, **kv_cache.cli_kwargs(args))
+                        verbose=args.verbose, **_kv_kwargs(args))
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
