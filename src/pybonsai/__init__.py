@@ -3,10 +3,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["Llama", "Engine", "LlamaState", "LlamaRAMCache", "LlamaDiskCache", "LlamaCache",
-           "UnsupportedParameterWarning", "CancelledError",
+           "UnsupportedParameterWarning", "TextOnlyWarning", "CancelledError",
            "LlamaGrammar", "LogitsProcessorList", "StoppingCriteriaList", "system_info", "__version__"]
 _LAZY = {"LlamaState": "state", "LlamaRAMCache": "llama_cache", "LlamaDiskCache": "llama_cache",
-         "LlamaCache": "llama_cache", "BaseLlamaCache": "llama_cache", "UnsupportedParameterWarning": "compat"}
+         "LlamaCache": "llama_cache", "BaseLlamaCache": "llama_cache", "UnsupportedParameterWarning": "compat",
+         "TextOnlyWarning": "model_info"}
 
 
 def __getattr__(name: str):

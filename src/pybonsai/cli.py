@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import __version__, catalog, kv_cache
+from . import __version__, catalog, kv_cache, model_info
 from .gguf_file import GGUFSummary, TensorInfo, check_gguf_path, scan_gguf
 from .hub import HubError, split_parts
 
@@ -107,31 +107,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     tensors = _all_tensors(summary)
     arch = meta.get("general.architecture", "unknown")
     n_params = sum(t.n_elements for t in tensors)
-    hist: dict[str, list[int]] = {}
-    for t in tensors:
-        row = hist.setdefault(t.type_name, [0, 0, 0])
-        row[0] += 1
-        row[1] += t.n_elements
-        row[2] += t.n_bytes or 0
-    total_bytes = sum(r[2] for r in hist.values())
+    rows = model_info.type_rows(tensors)
+    total_bytes = sum(r.n_bytes for r in rows)
     unknown = [t.name for t in tensors if t.n_bytes is None]
+    vision = model_info.vision_markers(meta, (t.name for t in tensors))
     lines = [
         f"file:             {path} ({path.stat().st_size / 1e6:.1f} MB"
         + (f", split in {meta['split.count']} parts" if int(meta.get("split.count", 0) or 0) > 1 else "") + ")",
         f"name:             {meta.get('general.name', '-')}",
-        f"architecture:     {arch}",
+        f"architecture:     {model_info.describe_architecture(meta)}",
         f"parameters:       {n_params:,} ({_fmt_count(n_params)})",
         f"tensors:          {len(tensors)}",
         f"bits per weight:  {8 * total_bytes / n_params:.4f}" if n_params and not unknown else
         "bits per weight:  unknown (tensor types unknown to the gguf package)",
         f"context length:   {meta.get(f'{arch}.context_length', 'unknown')}",
         f"chat template:    {'yes' if 'tokenizer.chat_template' in meta else 'no'}",
-        "tensor types:",
-        f"  {'type':<8} {'tensors':>8} {'parameters':>14} {'bytes':>14} {'share':>7}",
     ]
-    for name, (count, n_el, n_bytes) in sorted(hist.items(), key=lambda kv: -kv[1][2]):
-        share = f"{100 * n_bytes / total_bytes:6.2f}%" if total_bytes else "      -"
-        lines.append(f"  {name:<8} {count:>8} {n_el:>14,} {n_bytes:>14,} {share}")
+    if vision:
+        lines.append(f"vision:           a vision-language model ({'; '.join(vision)}): {model_info.VISION_NOTE}")
+    elif arch == "qwen35":
+        lines.append("vision:           none in this file (Qwen3.5 models keep vision in a separate mmproj "
+                     "file, which pybonsai does not run)")
+    lines += ["tensor types:",
+              f"  {'type':<8} {'bits/w':>7} {'tensors':>8} {'parameters':>14} {'bytes':>14} {'share':>7}"]
+    for r in rows:
+        share = f"{100 * r.n_bytes / total_bytes:6.2f}%" if total_bytes else "      -"
+        bpw = f"{r.bits_per_weight:7.3f}" if r.bits_per_weight is not None else "      ?"
+        lines.append(f"  {r.name:<8} {bpw} {r.tensors:>8} {r.parameters:>14,} {r.n_bytes:>14,} {share}")
     print("\n".join(lines))
     print("devices:")
     from . import backends
@@ -190,7 +192,7 @@ def _runtime_options(p: argparse.ArgumentParser, n_default: Optional[int]) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pybonsai", description="Run 1-bit Bonsai LLMs (GGUF Q1_0).",
+    parser = argparse.ArgumentParser(prog="pybonsai", description="Run 1-bit and ternary Bonsai LLMs (GGUF Q1_0, Q2_0).",
                                      epilog="known models:\n" + catalog.describe() + "\n(sizes are approximate)",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pybonsai {__version__}")
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p, positional=True)
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("synth", help="write a synthetic Qwen3 Q1_0 GGUF (random weights, for tests)")
+    p = sub.add_parser("synth", help="write a synthetic Bonsai GGUF (random weights, for tests)")
     p.add_argument("out")
     p.add_argument("--shape", default="tiny")
     p.add_argument("--seed", type=int, default=0)

@@ -11,7 +11,7 @@ from typing import Any, Dict, Generator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, backends, compat, completions, embeddings, gpu, kv_cache, state
+from . import _core, backends, compat, completions, embeddings, gpu, kv_cache, load_checks, state
 from .llama_cache import BaseLlamaCache
 from .gguf_file import check_gguf_path, mmap_compatible
 from .grammar import grammar_text
@@ -134,6 +134,7 @@ class Llama:
             raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
         self.kv_cache = kv_cache.resolve(type_k, type_v, flash_attn)  # before loading: fail fast
         self.model_path = str(check_gguf_path(model_path))
+        load_checks.check_before_load(self.model_path, stacklevel=2)  # vision-language files: warn
         lora_file = str(check_gguf_path(lora_path)) if lora_path is not None else None
         self.verbose = verbose
         self.seed = seed
