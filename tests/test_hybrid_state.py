@@ -5,10 +5,11 @@ ternary Qwen3 model (ternary-tiny), whose KV cache can be cut back as usual.
 A recurrent state summarizes every token evaluated; llama.cpp cannot cut it back to a shorter
 prefix (llama_memory_seq_rm refuses partial ranges). So pybonsai keeps a context's evaluated
 tokens for a new prompt only when all of them start it, else it evaluates the prompt again from
-scratch; the prompt cache uses an entry only when all of its tokens start the prompt, and stores the
-prompt itself (all but its last token) so a repeated or continued prompt starts from there. Every
-check compares with a fresh Llama (greedy tokens, or logits bit for bit), so a wrong state reused
-shows: test_reusing_a_partly_matching_state_would_be_detected shows that it does.
+scratch; the prompt cache uses an entry only when all of its tokens start the prompt, and stores
+the prompt's state before its last control token (the next chat turn starts there) and before its
+last token (a repeated or continued prompt starts there). Every check compares with a fresh Llama
+(greedy tokens, or logits bit for bit), so a wrong state reused would show:
+test_reusing_a_partly_matching_state_would_be_detected shows that it does.
 """
 from __future__ import annotations
 
