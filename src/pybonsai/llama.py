@@ -404,14 +404,12 @@ class Llama:
 
     def _reuse_prefix(self, tokens: list[int]) -> list[int]:
         """Keep the evaluated prefix shared with `tokens`; return what still needs evaluating
-        (always at least one token, so that fresh logits exist). A recurrent state is kept only if
-        every evaluated token starts `tokens` (it cannot be cut back), else evaluation restarts."""
+        (always at least one token, so that fresh logits exist). Where the memory cannot be cut
+        back there (a recurrent state, see is_recurrent), everything is evaluated again."""
         common = 0
         limit = min(self.n_tokens, len(tokens) - 1)
         while common < limit and self.input_ids[common] == tokens[common]:
             common += 1
-        if common < self.n_tokens and self.is_recurrent:
-            common = 0
         self._forget_after(common)
         return tokens[self.n_tokens:]
 
