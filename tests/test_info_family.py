@@ -13,7 +13,7 @@ from family_doc import family_document
 from gguf_doc import BOOL, GGML_F32, KV, STRING, Tensor, serialize
 from pybonsai import Llama, TextOnlyWarning
 from pybonsai.cli import main as cli_main
-from pybonsai.model_info import describe_architecture, layer_split, vision_markers
+from pybonsai.model_info import describe_layers, layer_split, vision_markers
 
 
 def _info(capsys, path) -> str:
@@ -23,8 +23,9 @@ def _info(capsys, path) -> str:
 
 def test_info_hybrid(capsys, tiny_hybrid_model_path):
     out = _info(capsys, tiny_hybrid_model_path)
-    assert "architecture:     qwen35 (hybrid: linear + full attention), 4 layers: 3 linear-attention " \
-           "(Gated DeltaNet, recurrent state) + 1 full-attention, every 4th" in out
+    assert "architecture:     qwen35\n" in out
+    assert "layers:           4 (hybrid: 3 linear-attention (Gated DeltaNet, recurrent state) + " \
+           "1 full-attention, every 4th)\n" in out
     assert "vision:           none in this file" in out and "mmproj" in out
     q1 = next(line for line in out.splitlines() if line.strip().startswith("Q1_0"))
     assert q1.split()[1] == "1.125"
@@ -32,7 +33,7 @@ def test_info_hybrid(capsys, tiny_hybrid_model_path):
 
 def test_info_ternary(capsys, ternary_tiny_model_path):
     out = _info(capsys, ternary_tiny_model_path)
-    assert "architecture:     qwen3 (transformer, full attention), 2 layers" in out
+    assert "architecture:     qwen3\nlayers:           2 (all full attention)\n" in out
     q2 = next(line for line in out.splitlines() if line.strip().startswith("Q2_0"))
     assert q2.split()[1] == "2.250"
     assert "bits per weight:  2.25" in out and "vision" not in out
@@ -44,7 +45,7 @@ def test_layer_split_rule():
     split = layer_split(meta)
     assert (split.linear, split.full, split.interval) == (48, 16, 4)            # Bonsai 27B
     assert layer_split({**meta, "qwen35.full_attention_interval": 0}) is None   # unusable: no division by 0
-    assert "layer split unreadable" in describe_architecture({**meta, "qwen35.full_attention_interval": 0})
+    assert "split is unreadable" in describe_layers({**meta, "qwen35.full_attention_interval": 0})
     no_key = dict(meta)
     del no_key["qwen35.full_attention_interval"]
     assert layer_split(no_key).full == 16                                        # the loader's default: 4

@@ -115,7 +115,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"file:             {path} ({path.stat().st_size / 1e6:.1f} MB"
         + (f", split in {meta['split.count']} parts" if int(meta.get("split.count", 0) or 0) > 1 else "") + ")",
         f"name:             {meta.get('general.name', '-')}",
-        f"architecture:     {model_info.describe_architecture(meta)}",
+        f"architecture:     {arch}",
+        f"layers:           {model_info.describe_layers(meta)}",
         f"parameters:       {n_params:,} ({_fmt_count(n_params)})",
         f"tensors:          {len(tensors)}",
         f"bits per weight:  {8 * total_bytes / n_params:.4f}" if n_params and not unknown else

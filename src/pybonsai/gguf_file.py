@@ -35,6 +35,7 @@ _MIN_TENSOR_BYTES = 8 + 1 + 4 + 4 + 8  # name length, 1-byte name, n_dims, type,
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _ALIGNMENT_KEY = "general.alignment"
+SMALL_ARRAY = 512
 
 
 class GGUFError(ValueError):
@@ -113,6 +114,8 @@ class GGUFSummary:
     tensors: list[TensorInfo] = field(default_factory=list)
     alignment: int = DEFAULT_ALIGNMENT
     data_offset: int = 0
+    # the values of numeric arrays of at most SMALL_ARRAY elements (rope sections, per-layer lists)
+    small_arrays: dict[str, tuple] = field(default_factory=dict)
 
 
 class _Cursor:
@@ -177,7 +180,7 @@ def _value_type(cur: _Cursor, key: str, *, array: bool = False) -> int:
     return vtype
 
 
-def _read_kv(cur: _Cursor, meta: dict[str, Any], index: int) -> None:
+def _read_kv(cur: _Cursor, meta: dict[str, Any], index: int, small: dict[str, tuple]) -> None:
     key = cur.string(f"key {index}")
     if not key:
         raise cur.fail(f"key {index} is empty")
@@ -199,6 +202,8 @@ def _read_kv(cur: _Cursor, meta: dict[str, Any], index: int) -> None:
         else:
             size = struct.calcsize(_SCALARS[sub]) * n
             cur.need(size, f"array {key!r} of {n} elements")
+            if n <= SMALL_ARRAY:
+                small[key] = struct.unpack_from(f"<{n}{_SCALARS[sub][1]}", cur.buf, cur.pos)
             cur.pos += size
         meta[key] = ("array", n)
     if key == _ALIGNMENT_KEY:
@@ -250,9 +255,10 @@ def scan_gguf(path: str | os.PathLike) -> GGUFSummary:
         version, n_tensors, n_kv = cur.scalar("<I", "the version"), cur.scalar("<Q", "the tensor count"), \
             cur.scalar("<Q", "the key/value count")
         meta: dict[str, Any] = {}
+        small: dict[str, tuple] = {}
         kv_start = cur.pos
         for i in range(n_kv):
-            _read_kv(cur, meta, i)
+            _read_kv(cur, meta, i, small)
         kv_end = cur.pos
         names: set[str] = set()
         tensors = [_read_tensor(cur, names, i) for i in range(n_tensors)]
@@ -267,4 +273,4 @@ def scan_gguf(path: str | os.PathLike) -> GGUFSummary:
         if tensors and data + sum(t.n_bytes for t in tensors) > cur.end:
             raise cur.fail(f"the tensor data needs {data + sum(t.n_bytes for t in tensors)} bytes; "
                            "the file is truncated", cur.end)
-    return GGUFSummary(path, version, meta, (kv_start, kv_end), n_kv, tensors, align, data)
+    return GGUFSummary(path, version, meta, (kv_start, kv_end), n_kv, tensors, align, data, small)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from .ggml_types import bits_per_weight, quant_size, type_name
 
-__all__ = ["TextOnlyWarning", "LayerSplit", "layer_split", "has_recurrent_layers", "describe_architecture",
+__all__ = ["TextOnlyWarning", "LayerSplit", "layer_split", "has_recurrent_layers", "describe_layers",
            "vision_markers", "VISION_NOTE", "warn_text_only", "TypeRow", "type_rows"]
 
 # Tensor name prefixes of vision towers and projectors (llama.cpp's mmproj naming `v.` / `mm.`,
@@ -70,25 +70,24 @@ def layer_split(meta: Mapping[str, Any]) -> Optional[LayerSplit]:
     return LayerSplit(n_layer, n_layer - full, full, interval)
 
 
-def describe_architecture(meta: Mapping[str, Any]) -> str:
-    """One line: the architecture name, its kind and its layers."""
+def describe_layers(meta: Mapping[str, Any]) -> str:
+    """The layer count and kinds: `36 (all full attention)`, or for a hybrid
+    `64 (hybrid: 48 linear-attention (Gated DeltaNet, recurrent state) + 16 full-attention, every 4th)`."""
     arch = meta.get("general.architecture", "unknown")
     n_layer = _get(meta, f"{arch}.block_count")
-    layers = f"{n_layer} layers" if n_layer is not None else "layer count unknown"
+    count = str(n_layer) if n_layer is not None else "unknown"
     split = layer_split(meta)
     if split is not None:
         if split.linear < 0:
-            kinds = f"{layers}; which are linear attention is listed in {arch}.attention.recurrent_layers"
-        else:
-            every = f", every {split.interval}th" if split.interval and split.interval > 1 else ""
-            kinds = (f"{layers}: {split.linear} linear-attention (Gated DeltaNet, recurrent state) + "
-                     f"{split.full} full-attention{every}")
-        return f"{arch} (hybrid: linear + full attention), {kinds}"
+            return f"{count} (hybrid: linear attention where {arch}.attention.recurrent_layers says, full elsewhere)"
+        every = f", every {split.interval}th" if split.interval and split.interval > 1 else ""
+        return (f"{count} (hybrid: {split.linear} linear-attention (Gated DeltaNet, recurrent state) + "
+                f"{split.full} full-attention{every})")
     if has_recurrent_layers(meta):
-        return f"{arch} (recurrent layers; layer split unreadable), {layers}"
+        return f"{count} (with recurrent layers; the linear/full split is unreadable)"
     if arch == "qwen3":
-        return f"qwen3 (transformer, full attention), {layers}"
-    return f"{arch}, {layers}"
+        return f"{count} (all full attention)"
+    return count
 
 
 def vision_markers(meta: Mapping[str, Any], tensor_names: Iterable[str] = ()) -> list[str]:

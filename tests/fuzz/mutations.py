@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from family_doc import family_document
 from gguf_doc import (ARRAY, BOOL, F32, F64, GGML_F16, GGML_F32, GGML_Q8_0, I32, I64, KV, SCALAR_FMT,
                       STRING, U8, U32, U64, Document, Layout, base_document, serialize)
 
@@ -21,9 +22,16 @@ U64_MAX = 2**64 - 1
 HUGE = [2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**62, 2**63 - 1, 2**63, U64_MAX - 1, U64_MAX]
 
 
-@functools.lru_cache(maxsize=1)
+_MODEL = "qwen3"  # the seed document of the case being made (make_case sets it)
+
+
 def _base() -> tuple[Document, bytes, Layout]:
-    doc = base_document()
+    return _seed(_MODEL)
+
+
+@functools.lru_cache(maxsize=None)
+def _seed(model: str) -> tuple[Document, bytes, Layout]:
+    doc = base_document() if model == "qwen3" else family_document(model)
     data, layout = serialize(doc)
     return doc, data, layout
 
@@ -211,8 +219,10 @@ _HPARAM_KEYS = ["qwen3.context_length", "qwen3.embedding_length", "qwen3.block_c
 def hparams(rng):
     """Metadata values llama.cpp computes with: zero, huge, negative, wrong type, NaN."""
     doc = copy.deepcopy(_base()[0])
-    key = _pick(rng, _HPARAM_KEYS + ["qwen3.rope.freq_base", "qwen3.attention.layer_norm_rms_epsilon",
-                                     "tokenizer.ggml.token_type", "general.architecture", "tokenizer.ggml.model"])
+    arch = next(k.value for k in doc.kvs if k.key == "general.architecture")
+    keys = _HPARAM_KEYS + ["qwen3.rope.freq_base", "qwen3.attention.layer_norm_rms_epsilon",
+                           "tokenizer.ggml.token_type", "general.architecture", "tokenizer.ggml.model"]
+    key = _pick(rng, [k.replace("qwen3.", arch + ".", 1) for k in keys])
     kv = next(k for k in doc.kvs if k.key == key)
     if kv.vtype == U32:
         if rng.random() < 0.2:
@@ -295,19 +305,40 @@ CLASSES: dict[str, Callable] = {f.__name__: f for f in (
     ggml_type, offset, alignment, truncation, byte_flip, hparams, vocab, structure)}
 
 
-def make_case(seed: int, index: int) -> tuple[str, str, bytes]:
-    """(class, description, file bytes) of case `index` of the run with `seed`."""
+MODELS = ("qwen3", "hybrid", "ternary")  # seed documents: gguf_doc's, family_doc's
+
+
+def classes_for(model: str = "qwen3", specific_only: bool = False) -> dict[str, Callable]:
+    """The mutation classes of a seed model: the generic ones, then the model's own
+    (family_mutations); `specific_only`: the model's own only."""
+    own = SPECIFIC.get(model, {})
+    return dict(own) if specific_only else {**CLASSES, **own}
+
+
+def make_case(seed: int, index: int, model: str = "qwen3", specific_only: bool = False) -> tuple[str, str, bytes]:
+    """(class, description, file bytes) of case `index` of the run with `seed` on `model`."""
+    global _MODEL
+    if model not in MODELS:
+        raise ValueError(f"unknown seed model {model!r}; choose from {MODELS}")
+    _MODEL = model
+    try:
+        return _make_case(seed, index, classes_for(model, specific_only))
+    finally:
+        _MODEL = "qwen3"
+
+
+def _make_case(seed: int, index: int, classes: dict[str, Callable]) -> tuple[str, str, bytes]:
     rng = np.random.default_rng([seed, index])
-    names = list(CLASSES)
+    names = list(classes)
     name = names[index % len(names)]
-    data, what = CLASSES[name](rng)
+    data, what = classes[name](rng)
     if rng.random() < 0.1 and name not in ("truncation",):  # sometimes a second, random mutation
         second = names[int(rng.integers(len(names)))]
         if second not in ("truncation", "nested_array", "structure", "vocab", "hparams", "tensor_name",
                           "n_dims", "alignment"):
             # byte-level mutations of the base file: apply the second one's changed bytes on top
             base = _base()[1]
-            other, what2 = CLASSES[second](rng)
+            other, what2 = classes[second](rng)
             if len(other) == len(base) == len(data):
                 out = bytearray(data)
                 for i in np.flatnonzero(np.frombuffer(other, np.uint8) != np.frombuffer(base, np.uint8)):
@@ -320,4 +351,6 @@ def valid_file() -> bytes:
     return _base()[1]
 
 
-__all__ = ["CLASSES", "make_case", "valid_file", "SCALAR_FMT", "I64", "U8"]
+from family_mutations import SPECIFIC  # noqa: E402 - its classes use the helpers above
+
+__all__ = ["CLASSES", "MODELS", "SPECIFIC", "classes_for", "make_case", "valid_file", "SCALAR_FMT", "I64", "U8"]

@@ -2,6 +2,12 @@
 
     python tests/fuzz/run_fuzz.py --cases 10000 --seed 1 --workers 2 --out /tmp/fuzz-report
     python tests/fuzz/run_fuzz.py --replay 1234 --seed 1      # one case again, verbosely
+    python tests/fuzz/run_fuzz.py --model hybrid --cases 2000 --workers 2   # the qwen35 hybrid seed
+    python tests/fuzz/run_fuzz.py --model ternary --specific --cases 200    # Q2_0 seed, its own classes
+
+--model picks the seed document: qwen3 (gguf_doc, Q1_0), hybrid (tiny-hybrid: qwen35, Q1_0) or
+ternary (ternary-tiny: Qwen3, Q2_0), from family_doc; the hybrid and ternary seeds get the generic
+classes plus their own (family_mutations), --specific their own only.
 
 Cases (tests/fuzz/mutations.py) are written to a scratch directory and handed to long-lived
 worker processes (tests/fuzz/worker.py), many cases per worker. A worker that dies on a case
@@ -37,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from mutations import CLASSES, make_case  # noqa: E402
+from mutations import MODELS, classes_for, make_case  # noqa: E402
 
 OUTCOMES = ("loaded", "clean_error", "unclean", "crash", "hang")
 
@@ -143,7 +149,8 @@ def classify(steps: dict) -> str:
 
 
 def run(seed: int, count: int, start: int = 0, workers: int = 1, timeout: float = 30.0,
-        out: Optional[Path] = None, progress: bool = False) -> list[CaseResult]:
+        out: Optional[Path] = None, progress: bool = False, model: str = "qwen3",
+        specific_only: bool = False) -> list[CaseResult]:
     """Run cases start..start+count-1; keep the files of bad outcomes in `out`."""
     scratch = Path(tempfile.mkdtemp(prefix="pybonsai-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     logs = Path(tempfile.mkdtemp(prefix="pybonsai-fuzz-logs-"))
@@ -155,8 +162,8 @@ def run(seed: int, count: int, start: int = 0, workers: int = 1, timeout: float 
         worker = Worker(logs / f"worker{w}.log")
         try:
             for index in range(start + w, start + count, workers):
-                cls, what, data = make_case(seed, index)
-                path = scratch / f"case-{seed}-{index}.gguf"
+                cls, what, data = make_case(seed, index, model, specific_only)
+                path = scratch / f"case-{model}-{seed}-{index}.gguf"
                 path.write_bytes(data)
                 status, detail = worker.run(str(path), timeout)
                 if status == "done":
@@ -189,14 +196,14 @@ def run(seed: int, count: int, start: int = 0, workers: int = 1, timeout: float 
     return sorted(results, key=lambda r: r.index)
 
 
-def summary_table(results: list[CaseResult]) -> str:
+def summary_table(results: list[CaseResult], classes=None) -> str:
     by_class: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in results:
         by_class[r.cls][r.outcome] += 1
     rows = [f"| {'class':<14} | " + " | ".join(f"{o:>11}" for o in OUTCOMES) + " | total |",
             "|" + "-" * 16 + "|" + "|".join("-" * 13 for _ in OUTCOMES) + "|-------|"]
     total: collections.Counter = collections.Counter()
-    for cls in CLASSES:
+    for cls in classes or classes_for("qwen3"):
         c = by_class.get(cls, collections.Counter())
         total.update(c)
         rows.append(f"| {cls:<14} | " + " | ".join(f"{c[o]:>11}" for o in OUTCOMES) + f" | {sum(c.values()):>5} |")
@@ -213,11 +220,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per case before it counts as a hang")
     p.add_argument("--out", type=Path, help="directory for the files of bad cases and results.jsonl")
     p.add_argument("--replay", type=int, help="run one case index in this process, printing every step")
+    p.add_argument("--model", choices=MODELS, default="qwen3", help="the seed document (default: qwen3)")
+    p.add_argument("--specific", action="store_true", help="only the seed model's own mutation classes")
     args = p.parse_args(argv)
 
     if args.replay is not None:
         import worker
-        cls, what, data = make_case(args.seed, args.replay)
+        cls, what, data = make_case(args.seed, args.replay, args.model, args.specific)
         path = Path(tempfile.mkdtemp()) / f"case-{args.seed}-{args.replay}.gguf"
         path.write_bytes(data)
         print(f"case {args.replay}: {cls}: {what} ({len(data)} bytes) -> {path}", flush=True)
@@ -225,16 +234,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     t0 = time.monotonic()
-    results = run(args.seed, args.cases, args.start, args.workers, args.timeout, args.out, progress=True)
+    results = run(args.seed, args.cases, args.start, args.workers, args.timeout, args.out, progress=True,
+                  model=args.model, specific_only=args.specific)
     wall = time.monotonic() - t0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         with open(args.out / "results.jsonl", "w") as f:
             for r in results:
                 f.write(json.dumps(r.__dict__) + "\n")
-    print(f"seed {args.seed}, cases {args.start}..{args.start + args.cases - 1}, {args.workers} worker(s), "
+    print(f"model {args.model}{' (its own classes)' if args.specific else ''}, "
+          f"seed {args.seed}, cases {args.start}..{args.start + args.cases - 1}, {args.workers} worker(s), "
           f"{wall:.0f} s wall ({len(results) / wall:.1f} cases/s)")
-    print(summary_table(results))
+    print(summary_table(results, classes_for(args.model, args.specific)))
     bad = [r for r in results if r.outcome in ("crash", "hang", "unclean")]
     for r in bad[:40]:
         print(f"{r.outcome:>8} #{r.index} {r.cls}: {r.what}: {json.dumps(r.detail)[:400]}")
