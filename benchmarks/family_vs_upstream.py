@@ -26,8 +26,8 @@ from common import model_file, run_llama_bench, upstream_llama_bench
 from decode_vs_bandwidth import bandwidth_tool, bytes_per_token
 
 
-def ours(model: Path, threads: int, extra: list[str] = ()) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "pybonsai.bench", str(model), "-p", "64", "-n", "32", "-t",
+def ours(model: Path, threads: int, extra: list[str] = (), n_prompt: int = 64, n_gen: int = 32) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "pybonsai.bench", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-t",
                           str(threads), "-r", "1", "--json", *extra], check=True, capture_output=True,
                          text=True).stdout
     return json.loads(out)
@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--bw-mib", type=int, default=2048)
     ap.add_argument("--rss", action="store_true", help="also the peak RSS at n_ctx 4096, q8_0 KV cache")
+    ap.add_argument("--short", default="", help="shapes measured with -p 16 -n 8 instead of -p 64 -n 32 (both sides): "
+                    "upstream's scalar Q2_0 takes minutes per pp64 at the 27B shape")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     upstream, bw_exe = upstream_llama_bench(), bandwidth_tool()
@@ -60,9 +62,12 @@ def main() -> int:
     print("| model | threads | upstream tg32 | ours tg32 | tg32 ratio | of ceiling | upstream pp64 | ours pp64 "
           "| pp64 ratio | meter GB/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    short = set(filter(None, args.short.split(",")))
     for shape in args.shapes.split(","):
         model = model_file(shape)
-        per_token, _ = bytes_per_token(model, depth=64 + 16.5)
+        n_prompt, n_gen = (16, 8) if shape in short else (64, 32)
+        pp, tg = f"pp{n_prompt}", f"tg{n_gen}"
+        per_token, _ = bytes_per_token(model, depth=n_prompt + n_gen / 2 + 0.5)
         for threads in [int(t) for t in args.threads.split(",")]:
             up_tg, up_pp, our_tg, our_pp, frac, meter = [], [], [], [], [], []
 
@@ -74,21 +79,22 @@ def main() -> int:
 
             for _ in range(args.reps):
                 reading()
-                up = run_llama_bench(upstream, model, 64, 32, threads)
-                up_tg.append(up["tg32"])
-                up_pp.append(up["pp64"])
+                up = run_llama_bench(upstream, model, n_prompt, n_gen, threads)
+                up_tg.append(up[tg])
+                up_pp.append(up[pp])
                 bw = reading()
-                rows = {r["test"]: r["tokens_per_s"] for r in ours(model, threads)}
-                our_tg.append(rows["tg32"])
-                our_pp.append(rows["pp64"])
-                frac.append(rows["tg32"] * per_token / (bw * 1e9))
+                rows = {r["test"]: r["tokens_per_s"] for r in ours(model, threads, n_prompt=n_prompt, n_gen=n_gen)}
+                our_tg.append(rows[tg])
+                our_pp.append(rows[pp])
+                frac.append(rows[tg] * per_token / (bw * 1e9))
             med = {k: statistics.median(v) for k, v in
                    dict(up_tg=up_tg, up_pp=up_pp, our_tg=our_tg, our_pp=our_pp, frac=frac).items()}
-            print(f"| {shape} | {threads} | {med['up_tg']:.2f} | {med['our_tg']:.2f} | "
+            print(f"| {shape}{' (pp16/tg8)' if shape in short else ''} | {threads} | {med['up_tg']:.2f} | {med['our_tg']:.2f} | "
                   f"{med['our_tg'] / med['up_tg']:.2f}x | {med['frac']:.0%} | {med['up_pp']:.2f} | "
                   f"{med['our_pp']:.2f} | {med['our_pp'] / med['up_pp']:.2f}x | "
                   f"{min(meter):.1f}-{max(meter):.1f} |", flush=True)
-            results.append(dict(shape=shape, threads=threads, bytes_per_token=per_token, meter_gbps=meter,
+            results.append(dict(shape=shape, threads=threads, n_prompt=n_prompt, n_gen=n_gen,
+                                bytes_per_token=per_token, meter_gbps=meter,
                                 upstream_tg32=up_tg, upstream_pp64=up_pp, ours_tg32=our_tg, ours_pp64=our_pp,
                                 of_ceiling=frac))
     if args.rss:
