@@ -45,6 +45,8 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
     # "default": the Engine's (off, on for hybrid models): the same text alone or batched
     kv_cache.add_cli_options(p, flash_attn="default")
+    fa = next(a for a in p._actions if "--flash-attn" in a.option_strings)
+    fa.help = "flash attention: on, off or auto (default: off; on for models with recurrent layers)"
     return p
 
 
