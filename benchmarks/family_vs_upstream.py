@@ -68,7 +68,7 @@ def main() -> int:
         n_prompt, n_gen = (16, 8) if shape in short else (64, 32)
         pp, tg = f"pp{n_prompt}", f"tg{n_gen}"
         per_token, _ = bytes_per_token(model, depth=n_prompt + n_gen / 2 + 0.5)
-        for threads in [int(t) for t in args.threads.split(",")]:
+        for threads in [int(t) for t in args.threads.split(",") if t]:  # --threads "": RSS only
             up_tg, up_pp, our_tg, our_pp, frac, meter = [], [], [], [], [], []
 
             def reading() -> float:
