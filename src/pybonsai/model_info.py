@@ -39,6 +39,10 @@ class LayerSplit:
     interval: Optional[int] = None    # every interval-th layer is full attention (None: a per-layer list)
 
 
+# The pinned llama.cpp's llm_arch_is_recurrent: every layer recurrent, no attention (no hybrid split).
+_RECURRENT_ARCHS = ("mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7")
+
+
 def _get(meta: Mapping[str, Any], key: str) -> Optional[int]:
     value = meta.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -54,8 +58,9 @@ def has_recurrent_layers(meta: Mapping[str, Any]) -> bool:
 def layer_split(meta: Mapping[str, Any]) -> Optional[LayerSplit]:
     """The linear/full split of a hybrid (the pinned loader's rule: `{arch}.attention.recurrent_layers`
     if present, else every `{arch}.full_attention_interval`-th layer, default 4, is full
-    attention); None for a model without recurrent layers or without a usable layer count."""
-    if not has_recurrent_layers(meta):
+    attention); None for a model without recurrent layers, a purely recurrent one (Mamba, RWKV)
+    or one without a usable layer count."""
+    if not has_recurrent_layers(meta) or meta.get("general.architecture") in _RECURRENT_ARCHS:
         return None
     arch = meta["general.architecture"]
     n_layer = _get(meta, f"{arch}.block_count")
@@ -76,6 +81,8 @@ def describe_layers(meta: Mapping[str, Any]) -> str:
     arch = meta.get("general.architecture", "unknown")
     n_layer = _get(meta, f"{arch}.block_count")
     count = str(n_layer) if n_layer is not None else "unknown"
+    if arch in _RECURRENT_ARCHS:
+        return f"{count} (all recurrent, no attention)"
     split = layer_split(meta)
     if split is not None:
         if split.linear < 0:

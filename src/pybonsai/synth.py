@@ -1,7 +1,8 @@
 """Synthetic Bonsai GGUF models with seeded random Q1_0 or Q2_0 weights.
 
 Used by the tests and benchmarks: the files have the shapes, metadata and tokenizer of real
-Bonsai models (1-bit and ternary Qwen3; the Qwen3.5 hybrid of Bonsai 27B), but random weights.
+Bonsai models (1-bit and ternary Qwen3; the Qwen3.5 hybrid of Bonsai 27B), but random weights;
+and stand-ins for llama-cpp-python's test models (a Mamba-1 model, a Qwen3 embedding model).
 Shapes and tensor plans: pybonsai.synth_shapes.
 
     python -m pybonsai.synth OUT.gguf --shape tiny --seed 0 [--force]
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import struct
 import sys
 import zlib
 from dataclasses import asdict
@@ -31,6 +33,7 @@ CHAT_TEMPLATE = "models/templates/Qwen-Qwen3-0.6B.jinja"
 ARCH_FILES = {
     "qwen3": (VOCAB_GGUF, CHAT_TEMPLATE),
     "qwen35": ("models/ggml-vocab-qwen35.gguf", "models/templates/Qwen3.5-4B.jinja"),
+    "mamba": ("models/ggml-vocab-gpt-neox.gguf", None),  # mamba-130m's tokenizer; no chat template
 }
 _DEQUANT = {41: (q1_0.BLOCK, q1_0.BLOCK_BYTES, q1_0.dequantize_q1_0),
             42: (q2_0.BLOCK, q2_0.BLOCK_BYTES, q2_0.dequantize_q2_0)}
@@ -76,10 +79,13 @@ _NORM_RANGE = (0.8, 1.2)
 
 
 # Ternary (Q2_0) weights are -1/0/+1 with probabilities 1/4, 1/2, 1/4: variance 1/2 of a sign's,
-# so their scale is sqrt(2) larger for the same output RMS. Gated DeltaNet parameters (F32): conv taps uniform
-# in [-0.5, 0.5], decay rates ssm_a = -A in [-1, -0.1] and dt biases in [-1, 0.5], so the
-# per-token decay exp(A * softplus(.)) stays inside (0, 1) without vanishing.
-_F32_RANGES = {"ssm_conv1d.weight": (-0.5, 0.5), "ssm_a": (-1.0, -0.1), "ssm_dt.bias": (-1.0, 0.5)}
+# so their scale is sqrt(2) larger for the same output RMS. Gated DeltaNet and Mamba parameters
+# (F32): conv taps uniform in [-0.5, 0.5] (conv biases in [-0.1, 0.1]), decay rates ssm_a = A
+# (= -exp(A_log)) in [-1, -0.1] and dt biases in [-1, 0.5], so the per-token decay
+# exp(A * softplus(.)) stays inside (0, 1) without vanishing. An F32 matrix (Mamba's dt
+# projection where its rank is not a multiple of the block) has uniform weights of RMS 1/sqrt(K).
+_F32_RANGES = {"ssm_conv1d.weight": (-0.5, 0.5), "ssm_conv1d.bias": (-0.1, 0.1), "ssm_a": (-1.0, -0.1),
+               "ssm_dt.bias": (-1.0, 0.5)}
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -89,7 +95,9 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 def _make_tensor(seed: int, name: str, shape: tuple[int, ...], quantized: bool, wtype: str) -> np.ndarray:
     rng = _rng(seed, name)
     if not quantized:
-        lo_hi = next((r for suffix, r in _F32_RANGES.items() if name.endswith(suffix)), _NORM_RANGE)
+        lo_hi = next((r for suffix, r in _F32_RANGES.items() if name.endswith(suffix)), None)
+        if lo_hi is None:
+            lo_hi = _NORM_RANGE if len(shape) == 1 else (-np.sqrt(3 / shape[1]), np.sqrt(3 / shape[1]))
         return rng.uniform(*lo_hi, size=shape).astype(np.float32)
     rows, k = shape
     _, block, block_bytes = WEIGHT_TYPES[wtype]
@@ -113,37 +121,77 @@ def _make_tensor(seed: int, name: str, shape: tuple[int, ...], quantized: bool, 
 
 
 # --- tokenizer metadata ------------------------------------------------------------------
+#
+# A dedicated reader of the GGUF key-values: gguf.GGUFReader builds numpy views for each of a
+# vocabulary's ~150k tokens and merges (~13 s for Qwen's); this loop takes a fraction of a second.
 
-def _field_value(field: Any) -> tuple[Any, Any, Any]:
-    """(value, type, sub_type) of a GGUFReader field, with raw bytes kept for strings."""
-    from gguf import GGUFValueType as T
-
-    types = list(field.types)
-    if types[0] == T.ARRAY:
-        sub = types[-1]
-        if len(types) != 2:
-            raise ValueError(f"nested arrays are not supported ({field.name})")
-        if sub == T.STRING:
-            return [bytes(field.parts[i]) for i in field.data], T.ARRAY, sub
-        return [field.parts[i][0].item() for i in field.data], T.ARRAY, sub
-    if types[0] == T.STRING:
-        return bytes(field.parts[field.data[0]]), T.STRING, None
-    return field.parts[field.data[0]][0].item(), types[0], None
+# GGUF value type -> struct format of the numeric and bool types
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                   10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
 
 
 def _tokenizer_fields(vocab_gguf: Path) -> list[tuple[str, Any, Any, Any]]:
-    """(key, value, type, sub_type) of every tokenizer.* key except the chat template."""
-    st = vocab_gguf.stat()  # parsing takes seconds: cache per file version
+    """(key, value, type, sub_type) of every tokenizer.* key except the chat template; strings
+    are raw bytes, arrays lists, types gguf.GGUFValueType."""
+    st = vocab_gguf.stat()  # cache per file version
     return list(_read_tokenizer_fields(str(vocab_gguf.resolve()), st.st_mtime_ns, st.st_size))
 
 
 @functools.lru_cache(maxsize=2)
 def _read_tokenizer_fields(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[Any, ...], ...]:
-    from gguf import GGUFReader
+    from gguf import GGUFValueType as T
 
-    reader = GGUFReader(path)
-    return tuple((key, *_field_value(field)) for key, field in reader.fields.items()
-                 if key.startswith("tokenizer.") and key != "tokenizer.chat_template")
+    buf = Path(path).read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> Any:
+        nonlocal pos
+        value = struct.unpack_from(fmt, buf, pos)[0]
+        pos += struct.calcsize(fmt)
+        return value
+
+    def string() -> bytes:
+        nonlocal pos
+        n = take("<Q")
+        pos += n
+        return buf[pos - n:pos]
+
+    def strings(n: int) -> list[bytes]:
+        nonlocal pos
+        out, unpack = [], struct.Struct("<Q").unpack_from
+        for _ in range(n):
+            (k,) = unpack(buf, pos)
+            out.append(buf[pos + 8:pos + 8 + k])
+            pos += 8 + k
+        return out
+
+    magic, version = struct.unpack_from("<4sI", buf)
+    if magic != b"GGUF" or version < 2:
+        raise ValueError(f"{path}: not a GGUF file of version 2 or later")
+    pos = 8 + 8  # magic, version, tensor count
+    fields = []
+    for _ in range(take("<Q")):
+        key = string().decode("utf-8")
+        vtype = take("<I")
+        if vtype == _ARRAY:
+            sub, n = take("<I"), take("<Q")
+            if sub == _STRING:
+                value: Any = strings(n)
+            elif sub in _SCALAR_FORMATS:
+                dtype = np.dtype(_SCALAR_FORMATS[sub].replace("?", "b1"))
+                value = np.frombuffer(buf, dtype, n, pos).tolist()
+                pos += n * dtype.itemsize
+            else:
+                raise ValueError(f"{path}: {key}: nested arrays are not supported")
+            entry = (key, value, T.ARRAY, T(sub))
+        elif vtype == _STRING:
+            entry = (key, string(), T.STRING, None)
+        else:
+            entry = (key, take(_SCALAR_FORMATS[vtype]), T(vtype), None)
+        if key.startswith("tokenizer.") and key != "tokenizer.chat_template":
+            fields.append(entry)
+    return tuple(fields)
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -177,7 +225,8 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
 
     ``vocab_gguf`` and ``chat_template`` (the template text) default to the architecture's
     tokenizer and template in the pinned llama.cpp tree (ARCH_FILES), located with
-    find_llama_cpp_dir(). Tensors are generated and written one at a time, so memory stays small.
+    find_llama_cpp_dir(); an architecture without a template there (mamba) gets none unless
+    ``chat_template`` is given. Tensors are generated and written one at a time, so memory stays small.
     """
     import gguf
 
@@ -185,11 +234,11 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
     shape = _resolve_shape(shape)
-    if vocab_gguf is None or chat_template is None:
+    vocab_file, template_file = ARCH_FILES[shape.arch]
+    if vocab_gguf is None or (chat_template is None and template_file is not None):
         root = find_llama_cpp_dir()
-        vocab_file, template_file = ARCH_FILES[shape.arch]
         vocab_gguf = root / vocab_file if vocab_gguf is None else vocab_gguf
-        if chat_template is None:
+        if chat_template is None and template_file is not None:
             chat_template = (root / template_file).read_text(encoding="utf-8")
 
     tok = _tokenizer_fields(Path(vocab_gguf))
@@ -212,7 +261,8 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
             writer.add_key_value(key, value, vtype, sub_type)
         if not any(k == "tokenizer.ggml.add_bos_token" for k, *_ in tok):
             writer.add_add_bos_token(False)  # what Qwen3 GGUFs declare
-        writer.add_chat_template(chat_template)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
 
         for name, shp, quantized in plan:
             if quantized:  # the element shape with the raw type id (the gguf package may not know it)
@@ -255,8 +305,8 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
         return meta[key]
 
     arch = get("general.architecture")
-    if arch not in ARCH_FILES:
-        raise ValueError(f"{path}: architecture {arch!r}, expected one of {sorted(ARCH_FILES)}")
+    if arch not in ("qwen3", "qwen35"):  # mamba (a stand-in for llama-cpp-python's tests) has no reference
+        raise ValueError(f"{path}: architecture {arch!r}: read_weights reads qwen3 and qwen35 models only")
     types = {t.type for t in summary.tensors if t.type in _DEQUANT}
     a = f"{arch}."
     hybrid = {} if arch == "qwen3" else dict(
