@@ -134,7 +134,10 @@ CORE_MISUSE = textwrap.dedent("""
     ctx.decode(list(range(4, 20)), 3, True)                      # bigger output buffer now
     assert first.shape == (1, m.n_vocab) and np.isfinite(first).all()
     expect(ValueError, lambda: ctx.logits(out=np.zeros((2, 2), np.float32)))
-    expect(ValueError, lambda: _core.Context(_core.Model(path, vocab_only=True)))
+    vocab_ctx = _core.Context(_core.Model(path, vocab_only=True))  # allowed (as llama.cpp), but it
+    expect(ValueError, lambda: vocab_ctx.decode([1], 0, False))    # has no weights to evaluate
+    expect(ValueError, lambda: vocab_ctx.memory_clear())
+    vocab_ctx.close()
     expect(ValueError, lambda: _core.Sampler().add_penalties(m, 2**25, 1.1))
     s.accept(10**9)                                               # any int32 token: no crash
     ctx.close()
@@ -159,7 +162,7 @@ def test_core_misuse_raises_instead_of_crashing(tiny_model_path):
     proc = subprocess.run([sys.executable, "-c", CORE_MISUSE, str(tiny_model_path)], capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
-    assert proc.stdout.count("ok ") == 6 and "joined True" in proc.stdout, proc.stdout
+    assert proc.stdout.count("ok ") == 7 and "joined True" in proc.stdout, proc.stdout
 
 
 def test_failed_eval_leaves_a_usable_context(tiny_model_path):

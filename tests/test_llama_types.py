@@ -13,35 +13,17 @@ from typing import Dict, Tuple
 
 import pytest
 
+import lcp_sdist
 import pybonsai.llama_types as llama_types
 
 ROOT = Path(__file__).resolve().parents[1]
 Keys = Tuple[frozenset, frozenset]  # (required, optional)
 
 
-def _fetch_module():
-    spec = importlib.util.spec_from_file_location("_pybonsai_fetch_llama_cpp", ROOT / "vendor" / "fetch_llama_cpp.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def upstream_source() -> str:
-    """llama_cpp/llama_types.py from the sdist in vendor/.cache, its sha256 checked by
-    fetch_llama_cpp.download_sdist."""
-    fetch = _fetch_module()
-    lock = fetch.read_lock()
-    cache = ROOT / "vendor" / ".cache"
-    name, _, version = lock["sdist"].partition("==")
-    if not (cache / f"{name.replace('-', '_')}-{version}.tar.gz").is_file():
-        pytest.fail(f"the llama-cpp-python sdist {lock['sdist']} is not in {cache}; run "
-                    "`python vendor/fetch_llama_cpp.py` (it downloads and hash-checks it)")
-    sdist = fetch.download_sdist(lock, cache)  # a cached file: only its sha256 is checked
-    with tarfile.open(sdist) as tar:
-        member = next((m for m in tar.getmembers() if m.name.endswith("/llama_cpp/llama_types.py")), None)
-        assert member is not None, f"{sdist} holds no llama_cpp/llama_types.py"
-        return tar.extractfile(member).read().decode("utf-8")
+    """llama_cpp/llama_types.py from the pinned, hash-checked sdist (tests/lcp_sdist.py)."""
+    return lcp_sdist.read_member("/llama_cpp/llama_types.py")
 
 
 def _upstream_names(tree: ast.Module) -> list:

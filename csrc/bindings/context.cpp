@@ -24,7 +24,9 @@ public:
             int n_threads_batch, int flash_attn, int type_k, int type_v, uint32_t n_seq_max, bool kv_unified,
             const py::dict & options)
         : model_(model.shared()), n_vocab_(model.n_vocab()), n_embd_(llama_model_n_embd(model.get())) {
-        if (model.vocab_only()) throw py::value_error("'" + model.path() + "' was loaded with vocab_only: no context possible");
+        // A vocabulary-only model gets a context too (llama.cpp skips its memory and backends), as in
+        // llama-cpp-python; everything that would evaluate, sample or save refuses (see locked()).
+        vocab_only_ = model.vocab_only();
         if (n_threads < 1 || n_threads_batch < 1) throw py::value_error("n_threads must be at least 1");
         if (n_batch < 1 || n_ubatch < 1) throw py::value_error("n_batch and n_ubatch must be at least 1");
         llama_context_params p = llama_context_default_params();
@@ -67,6 +69,10 @@ public:
 
     // Run f(ctx) with the GIL released and the context locked; raises if closed.
     template <class F> auto locked(F && f) {
+        if (vocab_only_) {
+            throw py::value_error("the model was loaded with vocab_only=True: it has no weights to evaluate, "
+                                  "sample from or save");
+        }
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(mu_);
         if (!ctx_) throw LlamaError("the context is closed");
@@ -333,6 +339,7 @@ public:
     uint32_t n_ctx() const { return n_ctx_; }
     uint32_t n_batch() const { return n_batch_; }
     uint32_t n_seq_max() const { return n_seq_max_; }
+    uintptr_t address() const { return reinterpret_cast<uintptr_t>(ctx_); }
     void request_abort() { abort_ = true; }
     // Sticky: every decode fails with CancelledError until clear_cancel().
     void cancel() { cancel_ = true; }
@@ -356,6 +363,7 @@ private:
     uint32_t n_ctx_ = 0;
     std::atomic<int> n_outputs_{0};
     uint32_t n_seq_max_ = 1;
+    bool vocab_only_ = false;
     std::vector<bool> outputs_;  // which batch positions of the last decode kept logits
     std::atomic<bool> abort_{false};
     std::atomic<bool> cancel_{false};
@@ -386,6 +394,7 @@ void init_context(py::module_ & m) {
              "embeddings, offload_kqv, no_perf, op_offload, swa_full).")
         .def("close", &Context::close)
         .def_property_readonly("n_ctx", &Context::n_ctx)
+        .def_property_readonly("ctx", &Context::address, "The llama_context pointer as an int (0 once closed).")
         .def_property_readonly("n_batch", &Context::n_batch)
         .def_property_readonly("n_outputs", &Context::n_outputs)
         .def_property_readonly("n_seq_max", &Context::n_seq_max)

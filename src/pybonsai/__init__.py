@@ -7,7 +7,22 @@ __all__ = ["Llama", "Engine", "LlamaState", "LlamaRAMCache", "LlamaDiskCache", "
            "LlamaGrammar", "LogitsProcessorList", "StoppingCriteriaList", "system_info", "__version__"]
 _LAZY = {"LlamaState": "state", "LlamaRAMCache": "llama_cache", "LlamaDiskCache": "llama_cache",
          "LlamaCache": "llama_cache", "BaseLlamaCache": "llama_cache", "UnsupportedParameterWarning": "compat",
-         "TextOnlyWarning": "model_info"}
+         "TextOnlyWarning": "model_info",
+         # llama-cpp-python's other top-level names (its llama.py imports them)
+         "LlamaTokenizer": "llama_tokenizer", "BaseLlamaTokenizer": "llama_tokenizer",
+         "LlamaHFTokenizer": "llama_tokenizer", "LlamaDraftModel": "llama_speculative",
+         "LlamaPromptLookupDecoding": "llama_speculative", "MinTokensLogitsProcessor": "logits",
+         "LogitsProcessor": "logits", "StoppingCriteria": "logits", "json_schema_to_gbnf": "grammar"}
+# Modules llama-cpp-python users reach as attributes (llama_cpp.llama_chat_format, ...).
+_SUBMODULES = ("llama_types", "llama_chat_format", "llama_speculative", "llama_tokenizer", "llama_grammar",
+               "llama_cache")
+
+# Every llama_types name at the top level, as `from llama_cpp import ChatCompletionRequestUserMessage`
+# expects (pure Python: no compiled core needed).
+from .llama_types import *  # noqa: E402,F401,F403
+from . import llama_types as _llama_types  # noqa: E402
+
+__all__ += list(_llama_types.__all__) + [n for n in _LAZY if n not in __all__ and n != "LlamaPromptLookupDecoding"]
 
 
 def __getattr__(name: str):
@@ -31,6 +46,9 @@ def __getattr__(name: str):
     if name == "system_info":
         from .backends import system_info
         return system_info
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module("." + name, __name__)
     if name in _LAZY or name.startswith(("GGML_TYPE_", "LLAMA_")):
         import importlib  # LLAMA_*: llama-cpp-python's enum constants (pybonsai.compat)
         module = importlib.import_module("." + _LAZY.get(name, "compat" if name.startswith("LLAMA_") else "kv_cache"),

@@ -165,6 +165,17 @@ def create_chat_completion_openai_v1(llm, *args: Any, **kwargs: Any):
 
 # -- tokens ------------------------------------------------------------------------------------
 
+def join_pieces(model, tokens: Sequence[int], special: bool) -> bytes:
+    """llama-cpp-python's detokenization: every token's piece as the vocabulary spells it, joined,
+    then one leading space dropped if the first token is BOS (SentencePiece vocabularies mark a
+    word start with a space, which a text that began with BOS did not have)."""
+    tokens = [int(t) for t in tokens]
+    out = b"".join([model.token_to_piece(t, special) for t in tokens])
+    if tokens and tokens[0] == model.token_bos and out[:1] == b" ":
+        out = out[1:]
+    return out
+
+
 def detokenize_after(detokenize, tokens: Sequence[int], prev_tokens: Optional[Sequence[int]],
                      special: bool) -> bytes:
     """The bytes `tokens` add after `prev_tokens` (llama-cpp-python's prev_tokens offset mapping),

@@ -205,7 +205,9 @@ def _generate_text(llm: "Llama", job: "CompletionJob", usage: _Usage) -> Iterato
         yield stream.finish()
         return
     llama_cache.restore_longest_prefix(llm, job.prompt_tokens)
-    generator = llm.generate(job.prompt_tokens, **job.sampling, grammar=job.grammar, logit_bias=job.logit_bias,
+    # After a cache hit has restored its seed, as llama-cpp-python: seed= or the chain's next step.
+    sampling = dict(job.sampling, seed=llm._completion_seed(job.sampling["seed"]))
+    generator = llm.generate(job.prompt_tokens, **sampling, grammar=job.grammar, logit_bias=job.logit_bias,
                              logits_processor=job.logits_processor)
     try:
         for token in generator:

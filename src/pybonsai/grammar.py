@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any, Optional, Union
 
-__all__ = ["LlamaGrammar", "grammar_text"]
+__all__ = ["LlamaGrammar", "grammar_text", "json_schema_to_gbnf"]
 
 # Bounds checked before llama.cpp sees a grammar (its parser recurses on nesting).
 MAX_GRAMMAR_CHARS = 1_000_000
@@ -50,6 +50,33 @@ class LlamaGrammar:
 
     def __repr__(self) -> str:
         return f"LlamaGrammar({len(self._grammar)} chars, root={self.root!r})"
+
+
+def json_schema_to_gbnf(schema: str, prop_order: Optional[list[str]] = None) -> str:
+    """llama-cpp-python's converter entry point: GBNF text for a JSON schema given as JSON text.
+    Object properties named in `prop_order` come first, in that order, in every object the
+    schema describes; the others keep the schema's order."""
+    from .json_schema import schema_to_grammar
+    try:
+        parsed = json.loads(schema)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"schema is not JSON text: {exc}") from None
+    if prop_order:
+        parsed = _ordered_properties(parsed, {name: i for i, name in enumerate(prop_order)})
+    return schema_to_grammar(parsed)
+
+
+def _ordered_properties(node: Any, rank: dict) -> Any:
+    if isinstance(node, list):
+        return [_ordered_properties(x, rank) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _ordered_properties(v, rank) for k, v in node.items()}
+    props = out.get("properties")
+    if isinstance(props, dict):
+        order = sorted(enumerate(props), key=lambda item: (rank.get(item[1], len(rank)), item[0]))
+        out["properties"] = {name: props[name] for _, name in order}
+    return out
 
 
 def check_gbnf(text: Any) -> str:

@@ -16,6 +16,7 @@ from .llama_cache import BaseLlamaCache
 from .gguf_file import check_gguf_path, mmap_compatible
 from .grammar import grammar_text
 from .logits import check_logit_bias, run_logits_processor
+from .llama_compat_methods import CompatMethods
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 
@@ -35,7 +36,7 @@ def _serialized(fn: Any) -> Any:
     return method
 
 
-class Llama:
+class Llama(CompatMethods):
     """A GGUF model with one inference context, in llama-cpp-python's terms.
 
     Threads: one Llama per thread runs in parallel. Threads sharing one Llama are serialized: a
@@ -137,7 +138,7 @@ class Llama:
         load_checks.check_before_load(self.model_path, stacklevel=2)  # vision-language files: warn
         lora_file = str(check_gguf_path(lora_path)) if lora_path is not None else None
         self.verbose = verbose
-        self.seed = seed
+        self._seed = seed or DEFAULT_SEED  # as llama-cpp-python: 0 means the default (see CompatMethods)
         self.logits_all = logits_all
         self.embedding = embedding
         self.last_n_tokens_size = last_n_tokens_size
@@ -164,8 +165,10 @@ class Llama:
         self._chat_template_override = chat_template
         self._metadata: Optional[dict[str, str]] = None
         self.n_tokens = 0
-        if vocab_only:
+        if vocab_only:  # a context without weights (as llama-cpp-python): it tokenizes, never evaluates
             self.input_ids = np.zeros(0, dtype=np.int32)
+            self._ctx = _core.Context(self._model, n_ctx=n_ctx or self._model.n_ctx_train, n_batch=n_batch,
+                                      n_ubatch=n_ubatch)
             return
         kv_cache.check_head_dims(self.kv_cache, *kv_cache.head_dims(self.metadata, self._model.n_embd,
                                                                      self._model.n_head))
@@ -259,7 +262,7 @@ class Llama:
     @property
     def ctx(self) -> _core.Context:
         if self._ctx is None:
-            raise RuntimeError("this Llama is closed or was loaded with vocab_only=True")
+            raise RuntimeError("this Llama is closed")
         return self._ctx
 
     # -- model facts ----------------------------------------------------------------------
@@ -305,10 +308,12 @@ class Llama:
 
     def detokenize(self, tokens: Sequence[int], prev_tokens: Optional[Sequence[int]] = None,
                    special: bool = False) -> bytes:
-        """Token ids to the bytes they stand for (special tokens rendered only if `special`).
-        With `prev_tokens`, the bytes `tokens` add after them (llama-cpp-python's offset mapping)."""
-        return compat.detokenize_after(lambda t, sp: self.model.detokenize([int(x) for x in t], False, sp),
-                                       tokens, prev_tokens, special)
+        """Token ids to the bytes they stand for (special tokens rendered only if `special`), as
+        llama-cpp-python: the tokens' pieces joined, less one leading space when the first token is
+        BOS (a SentencePiece vocabulary's word-start space). With `prev_tokens`, the bytes `tokens`
+        add after them."""
+        return compat.detokenize_after(lambda t, sp: compat.join_pieces(self.model, t, sp), tokens, prev_tokens,
+                                       special)
 
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         return self.model.token_to_piece(int(token), special)

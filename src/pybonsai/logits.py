@@ -8,7 +8,8 @@ from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 
-__all__ = ["LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
+__all__ = ["LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList",
+           "MinTokensLogitsProcessor"]
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 StoppingCriteria = Callable[[np.ndarray, np.ndarray], bool]
@@ -28,6 +29,24 @@ class StoppingCriteriaList(list):
 
     def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> bool:
         return any(criterion(input_ids, logits) for criterion in self)
+
+
+class MinTokensLogitsProcessor:
+    """A logits processor that forbids `token_eos` until `min_tokens` tokens have been generated.
+    It counts from the length of the first input it sees (the prompt), so use a fresh one per
+    completion, as in llama-cpp-python."""
+
+    def __init__(self, min_tokens: int, token_eos: int):
+        self.min_tokens = min_tokens
+        self.token_eos = token_eos
+        self.prompt_tokens: Optional[int] = None
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.prompt_tokens is None:
+            self.prompt_tokens = len(input_ids)
+        if len(input_ids) - self.prompt_tokens < self.min_tokens:
+            scores[self.token_eos] = -np.inf
+        return scores
 
 
 def check_logit_bias(logit_bias: Optional[Mapping[Union[int, str], float]], n_vocab: int) -> Optional[dict[int, float]]:

@@ -15,7 +15,6 @@ import harness  # noqa: E402
 # Snippet -> why it does not run unchanged in this build (remove an entry once it does).
 NOT_YET = {
     "function_calling": "runs, but the random-weight test model's unbounded arguments do not complete in max_tokens",
-    "speculative_draft": "speculative decoding (llama_cpp.llama_speculative) is not implemented",
 }
 SNIPPETS = sorted(p.stem for p in harness.SNIPPETS.glob("*.py"))
 
