@@ -72,6 +72,8 @@ def check_logit_bias(logit_bias: Optional[Mapping[Union[int, str], float]], n_vo
 
 def run_logits_processor(processor: LogitsProcessor, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """The processor's scores for a copy of `logits`, checked: (n_vocab,) and not all -inf/NaN."""
+    if isinstance(processor, (list, tuple)) and not callable(processor):
+        processor = LogitsProcessorList(processor)  # a plain list works in llama-cpp-python (it iterates)
     scores = processor(np.array(input_ids, dtype=np.intc), np.array(logits, dtype=np.float32))
     scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != logits.shape:
