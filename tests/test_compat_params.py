@@ -3,6 +3,7 @@ with each: implemented (checked by effect), routed, or accepted with a warning n
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
 import pytest
@@ -74,8 +75,7 @@ def llm(tiny_model_path):
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(lora_base="base.gguf"), "lora_base"),
-    (dict(lora_scale=0.5), "lora_scale"), (dict(chat_format="llama-2"), "chat_format"),
-    (dict(chat_handler=object()), "chat_handler"), (dict(draft_model=object()), "draft_model"),
+    (dict(lora_scale=0.5), "lora_scale"), (dict(draft_model=object()), "draft_model"),
     (dict(tokenizer=object()), "tokenizer"), (dict(spm_infill=True), "spm_infill"),
     (dict(not_a_parameter=1), "not_a_parameter"),
 ])
@@ -95,9 +95,12 @@ def test_numa_is_initialized_once(tiny_model_path):
         Llama(tiny_model_path, n_ctx=64, numa=9)
 
 
-def test_chat_format_naming_the_gguf_template_is_silent(tiny_model_path):
-    with Llama(tiny_model_path, n_ctx=64, chat_format="chat_template.default") as model:
-        assert model.chat_format == "chat_template.default"
+@pytest.mark.parametrize("chat_format", ["chat_template.default", "llama-2"])
+def test_chat_format_is_applied_silently(tiny_model_path, chat_format):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Llama(tiny_model_path, n_ctx=64, chat_format=chat_format) as model:
+            assert model.chat_format == chat_format
 
 
 @pytest.mark.parametrize("kwargs", [dict(tfs_z=0.9), dict(penalize_nl=False)])

@@ -41,11 +41,7 @@ def _warn_each(found: Mapping[str, str], stacklevel: int) -> None:
 
 # -- Llama(...) --------------------------------------------------------------------------------
 
-_CHAT_FORMATS_WE_RENDER = (None, "chat_template.default")
-
-
-def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str],
-                       lora_scale: float, chat_format: Optional[str], chat_handler: Any, draft_model: Any,
+def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str], lora_scale: float, draft_model: Any,
                        tokenizer: Any, spm_infill: bool, extra: Mapping[str, Any], stacklevel: int = 2) -> None:
     """Warn for each Llama() argument given with a value pybonsai cannot apply."""
     found: Dict[str, str] = {}
@@ -54,12 +50,6 @@ def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str],
                               "a separate base model")
     if lora_path is None and lora_scale != 1.0:
         found["lora_scale"] = "no LoRA adapter is loaded (lora_path is None)"
-    if chat_format not in _CHAT_FORMATS_WE_RENDER:
-        found["chat_format"] = (f"pybonsai renders the GGUF's own chat template (or Llama(chat_template=...)); "
-                                f"the named format {chat_format!r} is not used")
-    if chat_handler is not None:
-        found["chat_handler"] = ("llama-cpp-python chat handlers drive its internals and cannot run here; "
-                                 "the GGUF's chat template is used")
     if draft_model is not None:
         found["draft_model"] = "speculative decoding is not implemented in pybonsai; generation runs without a draft"
     if tokenizer is not None:

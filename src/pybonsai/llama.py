@@ -11,7 +11,7 @@ from typing import Any, Dict, Generator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, backends, compat, completions, embeddings, gpu, kv_cache, load_checks, state
+from . import _core, backends, chat_handlers, compat, completions, embeddings, gpu, kv_cache, load_checks, state
 from .llama_cache import BaseLlamaCache
 from .gguf_file import check_gguf_path, mmap_compatible
 from .grammar import grammar_text
@@ -145,8 +145,8 @@ class Llama(CompatMethods):
         self.lora_base, self.lora_path, self.lora_scale = lora_base, lora_path, lora_scale
         self.chat_format, self.chat_handler, self.draft_model = chat_format, chat_handler, draft_model
         compat.ignored_llama_args(lora_base=lora_base, lora_path=lora_path, lora_scale=lora_scale,
-                                  chat_format=chat_format, chat_handler=chat_handler, draft_model=draft_model,
-                                  tokenizer=tokenizer, spm_infill=spm_infill, extra=kwargs, stacklevel=3)
+                                  draft_model=draft_model, tokenizer=tokenizer, spm_infill=spm_infill, extra=kwargs,
+                                  stacklevel=3)
         model_options: dict[str, Any] = {"split_mode": split_mode, "main_gpu": main_gpu,
                                          "kv_overrides": compat.check_kv_overrides(kv_overrides)}
         if tensor_split is not None:
@@ -164,6 +164,7 @@ class Llama(CompatMethods):
                                   options=model_options)
         self._chat_template_override = chat_template
         self._metadata: Optional[dict[str, str]] = None
+        self._chat_handlers = chat_handlers.resolve(self, chat_format, chat_handler)  # unknown names raise
         self.n_tokens = 0
         if vocab_only:  # a context without weights (as llama-cpp-python): it tokenizes, never evaluates
             self.input_ids = np.zeros(0, dtype=np.int32)
@@ -584,7 +585,7 @@ class Llama(CompatMethods):
     # and its generate() takes the lock per token).
     create_completion = _serialized(completions.create_completion)
     __call__ = create_completion
-    create_chat_completion = _serialized(completions.create_chat_completion)
+    create_chat_completion = _serialized(chat_handlers.create_chat_completion)  # Llama(chat_format/chat_handler=)
     create_chat_completion_openai_v1 = compat.create_chat_completion_openai_v1
 
     # -- embeddings (Llama(..., embedding=True)) ------------------------------------------
