@@ -18,8 +18,10 @@ from . import completions
 
 __all__ = ["GGUF_TEMPLATE_FORMATS", "resolve", "selected", "create_chat_completion"]
 
-# chat_format values that mean "the GGUF's own template, rendered by pybonsai".
-GGUF_TEMPLATE_FORMATS = (None, "chat_template.default")
+# chat_format values that mean "the GGUF's own template, rendered by pybonsai". llama-cpp-python's
+# "chatml-function-calling" exists for tool calls, which pybonsai makes through the model's own
+# template (Qwen3's <tool_call> format) with a grammar: the same request gets its tool_calls here.
+GGUF_TEMPLATE_FORMATS = (None, "chat_template.default", "chatml-function-calling")
 _NAMED_TEMPLATE = "chat_template."
 
 # pybonsai's own create_chat_completion arguments (not in llama-cpp-python's): a handler gets one
