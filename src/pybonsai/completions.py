@@ -19,6 +19,7 @@ from .chat import ChatTemplate
 from .chat_output import ChatOutput
 from .compat import ignored_sampling_args, pending_feature_args
 from .grammar import grammar_text
+from .limits import OPENAI_MAX_TOP_LOGPROBS, RequestLimits
 from .logits import StoppingCriteria
 from .structured import chat_constraints
 from .text import TextAssembler
@@ -128,6 +129,9 @@ def _pending(**given: Any) -> None:
 def _check_logprobs(name: str, value: Any) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+    # Llama: OpenAI's chat bound (20) for both (llama-cpp-python's chat handlers pass
+    # top_logprobs on as logprobs); the Engine and the server apply OpenAI's 5 for completions.
+    RequestLimits(logprobs=OPENAI_MAX_TOP_LOGPROBS).check_logprobs(value, chat=name == "top_logprobs")
 
 
 def _top_logprobs(llm: "Llama", logits: np.ndarray, token: int, n: int) -> tuple[float, dict[str, float]]:
