@@ -98,7 +98,13 @@ public:
         if (logits.ndim() != 1 || logits.shape(0) != model.n_vocab()) {
             throw py::value_error("logits must have shape (n_vocab,) = (" + std::to_string(model.n_vocab()) + ",)");
         }
-        return pick(logits.data(), model.n_vocab());
+        // The GIL is released: a grammar mask can take long (every token of the vocabulary is
+        // checked), and pybonsai.Engine runs it beside the shared decode (the array stays alive
+        // for the call; the sampler is used by one thread at a time).
+        const float * data = logits.data();
+        const int n_vocab = model.n_vocab();
+        py::gil_scoped_release release;
+        return pick(data, n_vocab);
     }
 
     void accept_history(llama_token t) { llama_sampler_accept(chain_, t); }

@@ -24,13 +24,17 @@ import itertools
 import queue
 import threading
 import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from . import _core, completions, kv_cache, model_info
 from .completions import CompletionJob, TokenTextStream, _Step, _Usage
+from .limits import RequestLimits
 from .llama import Llama, _default_threads
 from .logits import check_logit_bias
+from .request_checks import check_arguments, check_job, grammar_param
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 __all__ = ["Engine", "EngineClosed", "QueueFull", "RequestHandle"]
@@ -66,11 +70,16 @@ class RequestHandle:
         self.finished = threading.Event()
         self.submitted_at = time.monotonic()
         self.first_token_at: Optional[float] = None
-        self._sampler: Any = None  # built by Engine.submit, in the caller's thread
+        self._sampler: Any = None  # built by Engine.prepare, in the caller's thread
+        self._stream: Optional[TokenTextStream] = None
+        self._withdraw: Optional[Callable[["RequestHandle"], None]] = None  # set when queued
 
     def cancel(self) -> None:
-        """Stop this request; its sequence's KV cells are freed at the engine's next step."""
+        """Stop this request: a queued one leaves the queue at once (its last event says
+        "cancelled"); a running one's KV cells are freed at the engine's next step."""
         self.cancelled = True
+        if self._withdraw is not None:
+            self._withdraw(self)
 
     def _emit(self, event: Event) -> None:
         if isinstance(event, BaseException) or event.finish_reason is not None:
@@ -108,6 +117,8 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     pos: int = 0                                      # next position in the sequence
     last: int = -1                                    # the sampled token to decode next
+    sampling: Optional[Future] = None                 # a grammar-constrained pick, off the step
+    sampled_from: Any = None                          # ... and the logits row it picks from
 
 
 class Engine:
@@ -119,17 +130,28 @@ class Engine:
     (flash off) a hybrid's logits depend on where the other sequences' KV cells lie (a request's
     greedy text changed when another sequence finished), with our flash-attention kernel they do
     not; for the others, flash attention rounds differently for different batch shapes where
-    llama.cpp's own kernel runs, so it stays off unless asked for."""
+    llama.cpp's own kernel runs, so it stays off unless asked for.
+
+    `limits` (pybonsai.limits.RequestLimits; default OpenAI's bounds) caps what one request may
+    ask (logprobs, stop strings, grammar size): over a bound, the job builders raise
+    LimitExceeded (a ValueError naming the parameter) before any work. Grammar-constrained picks
+    run in worker threads beside the shared decode step (a grammar checks the whole vocabulary
+    for a token: 30-80 ms on a Qwen vocabulary, more for large alternations), so that they
+    slow only their own request."""
 
     def __init__(self, model_path: str, *, n_parallel: int = 4, n_ctx: Optional[int] = None,
                  n_batch: int = 512, n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
                  n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, chat_template: Optional[str] = None,
                  flash_attn: Union[bool, str, None] = None, max_queue: int = 64, prefill_chunk: int = 256,
-                 verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None) -> None:
+                 verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None,
+                 limits: Optional[RequestLimits] = None) -> None:
         for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
                         ("prefill_chunk", prefill_chunk)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if limits is not None and not isinstance(limits, RequestLimits):
+            raise TypeError(f"limits must be a pybonsai.limits.RequestLimits, got {type(limits).__name__}")
+        self.limits = limits or RequestLimits()
         # ValueError before anything loads (the default counts as off until the model is known)
         kv = kv_cache.resolve(type_k, type_v, False if flash_attn is None else flash_attn)
         if n_parallel > 256:
@@ -162,23 +184,35 @@ class Engine:
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
+        self._close_lock = threading.Lock()
+        self._fatal: Optional[BaseException] = None
+        self._pickers = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="pybonsai-grammar")
         self.stats = _Stats()
         self._thread = threading.Thread(target=self._run, name="pybonsai-engine", daemon=True)
         self._thread.start()
 
     # -- requests ----------------------------------------------------------------------------
     def completion_job(self, prompt: Union[str, Sequence[int]], **kwargs: Any) -> CompletionJob:
-        """Validate create_completion arguments for this engine (raises ValueError/TypeError)."""
-        return completions.completion_job(self.llm, self.n_ctx_per_seq, prompt, **kwargs)
+        """Validate create_completion arguments for this engine (raises ValueError/TypeError;
+        LimitExceeded, before any work, for arguments over `limits`)."""
+        check_arguments(self.limits, kwargs, chat=False)
+        job = completions.completion_job(self.llm, self.n_ctx_per_seq, prompt, **kwargs)
+        check_job(job, self.limits, self.llm.n_vocab())
+        return job
 
     def chat_completion_job(self, messages: Sequence[dict], **kwargs: Any) -> CompletionJob:
         """Validate create_chat_completion arguments for this engine."""
-        return completions.chat_completion_job(self.llm, self.n_ctx_per_seq, messages, **kwargs)
+        check_arguments(self.limits, kwargs, chat=True)
+        job = completions.chat_completion_job(self.llm, self.n_ctx_per_seq, messages, **kwargs)
+        check_job(job, self.limits, self.llm.n_vocab(), grammar_param(kwargs))
+        return job
 
-    def submit(self, job: CompletionJob, sink: Optional[Callable[[Event], None]] = None) -> RequestHandle:
-        """Queue `job`; raises QueueFull when `max_queue` requests already wait for a slot.
-
-        `sink(event)` is called from the engine thread for every event (keep it short)."""
+    def prepare(self, job: CompletionJob, sink: Optional[Callable[[Event], None]] = None) -> RequestHandle:
+        """Check `job` and build its sampler (grammar included) in the caller's thread; the
+        handle is not queued yet (see `enqueue`). Raises ValueError/TypeError for a bad job."""
+        if not isinstance(job, CompletionJob):
+            raise TypeError(f"submit() takes a CompletionJob (Engine.completion_job), got {type(job).__name__}")
+        check_job(job, self.limits, self.llm.n_vocab())
         sampling = dict(job.sampling)
         seed = resolve_seed(sampling.pop("seed"), self.llm.seed)
         params = SamplingParams(temperature=sampling.pop("temp"), seed=seed, **sampling)
@@ -189,16 +223,41 @@ class Engine:
         prime_penalties(sampler, params, job.prompt_tokens)
         handle = RequestHandle(job, sink)
         handle._sampler = sampler
+        handle._stream = job.text_stream(self.llm, self.n_ctx_per_seq, handle.usage)
+        return handle
+
+    def enqueue(self, handle: RequestHandle) -> RequestHandle:
+        """Queue a prepared request; raises QueueFull when `max_queue` requests already wait for
+        a slot, EngineClosed when the engine is shutting down or its thread has stopped."""
         with self._wake:
             if self._closing:
                 raise EngineClosed("the engine is shutting down")
+            if not self._thread.is_alive():
+                raise EngineClosed(f"the engine thread stopped: {self._fatal!r}")
             if len(self._waiting) >= self.max_queue:
                 self.stats.rejected += 1
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
+            handle._withdraw = self._withdraw
             self._waiting.append(handle)
             self.stats.requests += 1
             self._wake.notify()
         return handle
+
+    def submit(self, job: CompletionJob, sink: Optional[Callable[[Event], None]] = None) -> RequestHandle:
+        """prepare(job) and enqueue it: raises QueueFull when `max_queue` requests already wait.
+
+        `sink(event)` is called from the engine thread for every event (keep it short)."""
+        return self.enqueue(self.prepare(job, sink))
+
+    def _withdraw(self, handle: RequestHandle) -> None:
+        """A queued request cancelled: out of the queue now (a running one: at the next step)."""
+        with self._wake:
+            try:
+                self._waiting.remove(handle)
+            except ValueError:
+                self._wake.notify()  # running (or admitted): the engine frees it at its next step
+                return
+        handle._emit(_Step(finish_reason="cancelled"))
 
     def create_completion(self, prompt: Union[str, Sequence[int]], **kwargs: Any):
         """Llama.create_completion, run among the engine's other requests."""
@@ -225,26 +284,33 @@ class Engine:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def close(self, drain_timeout: float = 0.0) -> None:
-        """Stop taking requests; let running ones finish for up to `drain_timeout` seconds, cancel
-        the rest, stop the thread and free the context. Idempotent."""
-        with self._wake:
-            self._closing = True
-            self._wake.notify()
-        deadline = time.monotonic() + drain_timeout
-        while (self.n_active or self.n_waiting) and time.monotonic() < deadline and self.alive:
-            time.sleep(0.02)
-        with self._wake:
-            self._stop = True
-            self._wake.notify()
-        if self._ctx is not None:
-            self._ctx.request_abort()  # a decode in progress stops early; its requests end
-        self._thread.join()
-        if self._ctx is not None:
-            self._ctx.close()
-            self._model.close()
-            self.llm.close()
-            self._ctx = None
+        """Stop taking requests; let running ones finish for up to `drain_timeout` seconds; then
+        end the rest as "cancelled" (still queued ones get EngineClosed), stop the thread and free
+        the context. Idempotent."""
+        with self._close_lock:
+            with self._wake:
+                self._closing = True
+                self._wake.notify()
+            deadline = time.monotonic() + drain_timeout
+            while (self.n_active or self.n_waiting) and time.monotonic() < deadline and self.alive:
+                time.sleep(0.02)
+            with self._wake:
+                self._stop = True
+                self._wake.notify()
+            if self._ctx is not None:
+                self._ctx.request_abort()  # a decode in progress stops early; its requests end
+            self._thread.join()
+            self._pickers.shutdown(wait=True)
+            if self._ctx is not None:
+                self._ctx.close()
+                self._model.close()
+                self.llm.close()
+                self._ctx = None
 
     def __enter__(self) -> "Engine":
         return self
@@ -256,22 +322,46 @@ class Engine:
     _stop = False
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug: fail every request rather than leave them waiting
+            self._fatal = exc
+            traceback.print_exc()  # (the server's log); submit() now raises EngineClosed
+        finally:
+            with self._wake:
+                waiting, self._waiting = list(self._waiting), collections.deque()
+            for slot in self._slots:
+                if slot.handle is not None:
+                    if slot.sampling is not None:
+                        slot.sampling.cancel()
+                        wait_done(slot.sampling)
+                    event = slot.stream.finish("cancelled") if self._fatal is None else self._fatal
+                    self._release(slot, event=event)
+            for handle in waiting:
+                handle._emit(EngineClosed("the engine was shut down") if self._fatal is None else self._fatal)
+
+    def _has_work(self) -> bool:
+        if self._waiting and any(s.handle is None for s in self._slots):
+            return True
+        return any(s.handle is not None and (s.sampling is None or s.sampling.done()) for s in self._slots)
+
+    def _notify(self, _future: Any = None) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._stop and not self._waiting and not self.n_active:
+                while not self._stop and not self._has_work():
                     self._wake.wait()
                 if self._stop:
-                    break
+                    return
                 self._admit()
+            self._collect_picks()
             self._drop_cancelled()
             batch = self._build_batch()
             if batch[0]:
                 self._step(*batch)
-        for slot in self._slots:
-            if slot.handle is not None:
-                self._release(slot, event=slot.stream.finish("cancelled"))
-        while self._waiting:
-            self._waiting.popleft()._emit(EngineClosed("the engine was shut down"))
 
     def _admit(self) -> None:
         for slot in self._slots:
@@ -279,23 +369,21 @@ class Engine:
                 return
             if slot.handle is None:
                 handle = self._waiting.popleft()
-                if handle.cancelled:
-                    handle._emit(_Step(finish_reason="cancelled"))
-                    continue
-                slot.handle, slot.sampler = handle, handle._sampler
-                slot.stream = handle.job.text_stream(self.llm, self.n_ctx_per_seq, handle.usage)
+                handle._withdraw = None
+                slot.handle, slot.sampler, slot.stream = handle, handle._sampler, handle._stream
                 slot.pending, slot.pos, slot.last = list(handle.job.prompt_tokens), 0, -1
                 if slot.stream.done:  # no room to generate anything
                     self._release(slot, event=slot.stream.finish())
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
-            if slot.handle is not None and slot.handle.cancelled:
+            if slot.handle is not None and slot.handle.cancelled and slot.sampling is None:
                 self._release(slot, event=slot.stream.finish("cancelled"))
 
     def _release(self, slot: _Slot, event: Event) -> None:
         handle = slot.handle
         slot.handle, slot.stream, slot.sampler, slot.pending = None, None, None, []
+        slot.sampling = slot.sampled_from = None
         self._ctx.seq_rm(slot.seq, 0, -1)
         slot.pos = 0
         handle._emit(event)
@@ -303,7 +391,7 @@ class Engine:
     def _build_batch(self):
         tokens, pos, seqs, want, rows = [], [], [], [], []
         for slot in self._slots:
-            if slot.handle is not None and not slot.pending:
+            if slot.handle is not None and not slot.pending and slot.sampling is None:
                 rows.append((slot, len(tokens)))
                 tokens.append(slot.last)
                 pos.append(slot.pos)
@@ -334,29 +422,65 @@ class Engine:
         try:
             self._ctx.decode_batch(tokens, pos, seqs, want)
         except Exception as exc:  # the worker survives; the requests in this batch fail
-            for slot in self._slots:
+            for slot in self._slots:  # (or, when close() aborted the decode, end as cancelled)
                 if slot.handle is not None and slot.seq in set(seqs):
-                    self._release(slot, event=exc)
+                    self._release(slot, event=slot.stream.finish("cancelled") if self._stop else exc)
             return
         self.stats.prompt_tokens += len(tokens) - sum(1 for s, _ in rows if s.last >= 0)
         for slot, row in rows:
             slot.pos += 1
-            handle = slot.handle
             try:
+                if slot.handle.job.grammar is not None:  # the mask is slow: off the shared step
+                    logits = self._ctx.logits_ith(row)
+                    slot.sampling = self._pickers.submit(slot.sampler.sample_logits, self._model, logits)
+                    slot.sampled_from = logits
+                    slot.sampling.add_done_callback(self._notify)
+                    continue
                 token = slot.sampler.sample(self._ctx, row)
-                if handle.first_token_at is None:
-                    handle.first_token_at = time.monotonic()
-                slot.last = token
-                step = slot.stream.push(token, lambda row=row: self._ctx.logits_ith(row))
             except Exception as exc:
                 self._release(slot, event=exc)
                 continue
-            self.stats.generated_tokens += 1
-            if slot.stream.done:
-                self._release(slot, event=step)
-            elif step is not None:
-                handle._emit(step)
+            self._took(slot, token, lambda row=row: self._ctx.logits_ith(row))
         self.stats.note_step(len(rows), time.monotonic() - t0)
+
+    def _collect_picks(self) -> None:
+        for slot in self._slots:
+            future, logits = slot.sampling, slot.sampled_from
+            if future is None or not future.done():
+                continue
+            slot.sampling = slot.sampled_from = None
+            try:
+                token = future.result()
+            except Exception as exc:
+                self._release(slot, event=exc)
+                continue
+            if slot.handle.cancelled:
+                continue  # _drop_cancelled ends it
+            self._took(slot, token, lambda logits=logits: logits)
+
+    def _took(self, slot: _Slot, token: int, logits: Callable) -> None:
+        """The slot's request sampled `token` (from the row `logits()` gives)."""
+        handle = slot.handle
+        try:
+            if handle.first_token_at is None:
+                handle.first_token_at = time.monotonic()
+            slot.last = token
+            step = slot.stream.push(token, logits)
+        except Exception as exc:
+            self._release(slot, event=exc)
+            return
+        self.stats.generated_tokens += 1
+        if slot.stream.done:
+            self._release(slot, event=step)
+        elif step is not None:
+            handle._emit(step)
+
+
+def wait_done(future: Future) -> None:
+    try:
+        future.exception()
+    except BaseException:
+        pass
 
 
 class _Stats:

@@ -39,9 +39,9 @@ class RequestLimits:
     top_logprobs: int = OPENAI_MAX_TOP_LOGPROBS   # chat: top alternatives per token
     stop: int = 4                                 # stop strings per request
     stop_chars: int = 256                         # characters per stop string
-    grammar_chars: int = 256 * 1024               # GBNF text (given, or made from a schema / tools)
-    grammar_rules: int = 2048                     # GBNF rules (`name ::= ...`)
-    grammar_alternatives: int = 4096              # `|` alternatives over the whole grammar
+    grammar_chars: int = 128 * 1024               # GBNF text (given, or made from a schema / tools)
+    grammar_rules: int = 1024                     # GBNF rules (`name ::= ...`)
+    grammar_alternatives: int = 1024              # `|` alternatives over the whole grammar
     enum_values: int = 1000                       # enum / const values over a whole JSON schema
 
     def __post_init__(self) -> None:
