@@ -69,3 +69,11 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+def openai_client(server: ServerProcess, **kwargs):
+    """The real `openai` client for `server` (no retries: the tests see every answer)."""
+    import openai
+
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=server.api_key or "unused", max_retries=0,
+                         **{"timeout": 120, **kwargs})

@@ -1,13 +1,17 @@
 """The ASGI application (Starlette) over an Engine.
 
 The engine decodes in its own thread; handlers only submit jobs and await the events the engine
-thread posts onto the event loop (call_soon_threadsafe), so the loop never blocks on the model."""
+thread posts onto the event loop (call_soon_threadsafe), so the loop never blocks on the model.
+Preparing a request (tokenizing, rendering the chat template, building the sampler and its
+grammar) runs in a small worker pool, after a cheap admission check (a full queue answers 429
+at once), so that /health and every other stream keep going whatever is being prepared."""
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 
@@ -18,7 +22,7 @@ from starlette.routing import Route
 
 from ..completions import CompletionJob, _Step
 from ..engine import Engine, EngineClosed, QueueFull, RequestHandle
-from .protocol import APIError, chat_job, completion_job, parse_json
+from .protocol import APIError, chat_job, completion_job, job_error, parse_json
 
 __all__ = ["ServerSettings", "create_app"]
 
@@ -29,6 +33,7 @@ class ServerSettings:
     api_key: Optional[str] = None
     max_body_bytes: int = 4 * 1024 * 1024
     retry_after_s: int = 1
+    prepare_workers: int = 2  # threads that tokenize, render templates and build samplers
 
 
 def _error(exc: APIError) -> JSONResponse:
@@ -40,6 +45,10 @@ class _Api:
         self.engine, self.settings = engine, settings
         self.model_ids = (settings.model_id, engine.model_path)
         self.started = int(time.time())
+        self.pool = ThreadPoolExecutor(max_workers=settings.prepare_workers, thread_name_prefix="pybonsai-prepare")
+
+    async def _in_pool(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # -- helpers ----------------------------------------------------------------------------
     async def _body(self, request: Request) -> dict[str, Any]:
@@ -59,56 +68,83 @@ class _Api:
             raise APIError(400, "the client went away while sending the body") from None
         return parse_json(b"".join(chunks))
 
-    def _submit(self, job: CompletionJob) -> tuple[RequestHandle, asyncio.Queue]:
+    def _busy(self, exc: Exception) -> APIError:
+        return APIError(429, f"the server is busy: {exc}", type="rate_limit_error", code="rate_limit_exceeded",
+                        headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    def _admit(self) -> None:
+        """The cheap check before any preparation: a full queue or a closing engine answers now."""
+        e = self.engine
+        if e.closing or not e.alive:
+            raise _shutting_down()
+        if e.n_waiting >= e.max_queue:
+            raise self._busy(QueueFull(f"{e.n_waiting} requests are already waiting (max_queue={e.max_queue})"))
+
+    async def _submit(self, make_job, body: dict) -> tuple[CompletionJob, RequestHandle, asyncio.Queue]:
+        self._admit()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        try:
-            handle = self.engine.submit(job, sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
-        except QueueFull as exc:
-            raise APIError(429, f"the server is busy: {exc}", type="rate_limit_error", code="rate_limit_exceeded",
-                           headers={"Retry-After": str(self.settings.retry_after_s)}) from None
-        except EngineClosed as exc:
-            raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
-        except (ValueError, TypeError) as exc:  # sampling parameters
-            raise APIError(400, str(exc), code="invalid_value") from None
-        return handle, events
 
-    @staticmethod
-    async def _next(events: asyncio.Queue) -> _Step:
-        event = await events.get()
+        def prepare() -> tuple[CompletionJob, RequestHandle]:  # in the worker pool
+            job = make_job(self.engine, self.model_ids, body)
+            try:
+                sink = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)  # noqa: E731
+                return job, self.engine.prepare(job, sink=sink)
+            except (ValueError, TypeError) as exc:  # sampling parameters, grammar
+                raise job_error(exc, body) from None
+
+        job, handle = await self._in_pool(prepare)
+        try:
+            self.engine.enqueue(handle)
+        except QueueFull as exc:
+            raise self._busy(exc) from None
+        except EngineClosed:
+            raise _shutting_down() from None
+        return job, handle, events
+
+    def _next_event(self, event) -> _Step:
+        if isinstance(event, EngineClosed):
+            raise _shutting_down()
         if isinstance(event, BaseException):
             raise APIError(500, f"generation failed: {event}", type="server_error", code="internal_error")
+        if event.finish_reason == "cancelled" and self.engine.closing:
+            raise _shutting_down()
         return event
+
+    async def _next(self, events: asyncio.Queue) -> _Step:
+        return self._next_event(await events.get())
 
     async def _complete(self, request: Request, make_job) -> Response:
         try:
             body = await self._body(request)
-            job: CompletionJob = make_job(self.engine, self.model_ids, body)
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if job.stream else False
-            handle, events = self._submit(job)
+            job, handle, events = await self._submit(make_job, body)
         except APIError as exc:
             return _error(exc)
-        if job.stream:
-            return StreamingResponse(self._sse(job, handle, events, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if job.stream else False
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handle))
         steps: list[_Step] = []
         try:
-            while not steps or steps[-1].finish_reason is None:
-                try:
-                    steps.append(await asyncio.wait_for(self._next(events), timeout=0.5))
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        handle.cancel()
-                        return Response(status_code=499)
+            # Until the first event (the request may wait in the queue) errors are HTTP statuses.
+            steps.append(await self._next(events))
+            if job.stream:
+                return StreamingResponse(self._sse(job, handle, events, include_usage, steps[0], watcher),
+                                         media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            while steps[-1].finish_reason is None:
+                steps.append(await self._next(events))
+            if steps[-1].finish_reason == "cancelled":  # the client went away
+                return Response(status_code=499)
         except APIError as exc:
             return _error(exc)
         finally:
-            if not handle.finished.is_set():
-                handle.cancel()
+            if not job.stream or not steps:
+                watcher.cancel()
+                if not handle.finished.is_set():
+                    handle.cancel()
         return JSONResponse(job.result(steps, handle.usage))
 
-    async def _sse(self, job: CompletionJob, handle: RequestHandle, events: asyncio.Queue,
-                   include_usage: bool) -> AsyncIterator[bytes]:
+    async def _sse(self, job: CompletionJob, handle: RequestHandle, events: asyncio.Queue, include_usage: bool,
+                   first: _Step, watcher: asyncio.Future) -> AsyncIterator[bytes]:
         def frame(obj: Any) -> bytes:
             if include_usage and "usage" not in obj:
                 obj = {**obj, "usage": None}
@@ -118,12 +154,14 @@ class _Api:
         try:
             for chunk in formatter.start():
                 yield frame(chunk)
+            step: Optional[_Step] = first
             while True:
-                try:
-                    step = await self._next(events)
-                except APIError as exc:
-                    yield frame(exc.body())
-                    break
+                if step is None:
+                    try:
+                        step = await self._next(events)
+                    except APIError as exc:  # (shutting down: an OpenAI error frame, then [DONE])
+                        yield frame(exc.body())
+                        break
                 for chunk in formatter.step(step):
                     yield frame(chunk)
                 if step.finish_reason is not None:
@@ -131,8 +169,10 @@ class _Api:
                         yield frame({**job.head, "object": "chat.completion.chunk" if job.chat else "text_completion",
                                      "choices": [], "usage": handle.usage.as_dict()})
                     break
+                step = None
             yield b"data: [DONE]\n\n"
         finally:  # the client went away (or the server is shutting down): free the sequence
+            watcher.cancel()
             if not handle.finished.is_set():
                 handle.cancel()
 
@@ -182,7 +222,12 @@ class _Api:
             add_special = body.get("add_special", True)
             if not isinstance(add_special, bool):
                 raise APIError(400, "'add_special' must be a boolean", param="add_special", code="invalid_type")
-            tokens = self.engine.llm.tokenize(content.encode("utf-8"), add_bos=add_special, special=True)
+            try:
+                raw = content.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate (JSON allows "\ud800")
+                raise APIError(400, f"'content' is not valid Unicode text: {exc}", param="content",
+                               code="invalid_value") from None
+            tokens = await self._in_pool(lambda: self.engine.llm.tokenize(raw, add_bos=add_special, special=True))
         except APIError as exc:
             return _error(exc)
         return JSONResponse({"tokens": tokens})
@@ -196,10 +241,23 @@ class _Api:
                                                        and 0 <= t < n_vocab for t in tokens):
                 raise APIError(400, f"'tokens' must be a list of token ids in [0, {n_vocab})", param="tokens",
                                code="invalid_value")
-            text = self.engine.llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+            raw = await self._in_pool(lambda: self.engine.llm.detokenize(tokens, special=True))
         except APIError as exc:
             return _error(exc)
-        return JSONResponse({"content": text})
+        return JSONResponse({"content": raw.decode("utf-8", errors="replace")})
+
+
+def _shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+
+
+async def _cancel_on_disconnect(request: Request, handle: RequestHandle) -> None:
+    """Cancel `handle` as soon as the client disconnects (a queued request leaves the queue)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handle.cancel()
+            return
 
 
 class _AuthAndErrors:

@@ -9,8 +9,9 @@ from typing import Any, Optional
 
 from ..completions import CompletionJob
 from ..engine import Engine
+from ..limits import ParamError
 
-__all__ = ["APIError", "completion_job", "chat_job", "parse_json"]
+__all__ = ["APIError", "completion_job", "chat_job", "job_error", "parse_json"]
 
 _NUMBER = (int, float)
 
@@ -33,6 +34,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     return body
@@ -65,7 +68,8 @@ _CHAT = {**_COMMON, **_CONSTRAINTS, "messages": ((list,), "a list of messages"),
          "tool_choice": ((str, dict), "a string or an object"), "parallel_tool_calls": ((bool,), "a boolean"),
          "reasoning_format": ((str,), "a string"),
          "max_completion_tokens": ((int,), "an integer"),
-         "chat_template_kwargs": ((dict,), "an object"), "logprobs": ((bool,), "a boolean")}
+         "chat_template_kwargs": ((dict,), "an object"), "logprobs": ((bool,), "a boolean"),
+         "top_logprobs": ((int,), "an integer")}
 
 
 def _typed(body: dict[str, Any], spec: dict[str, tuple]) -> dict[str, Any]:
@@ -111,15 +115,38 @@ def _check_max_tokens(engine: Engine, job: CompletionJob, max_tokens: Optional[i
                        code="context_length_exceeded")
 
 
-def _make(build, param: str):
+# Fields whose name starts the message of the ValueError a bad value raises (pybonsai.sampling,
+# pybonsai.logits, ...): the 400 names them as `param`.
+_MESSAGE_PARAMS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "seed", "repeat_penalty",
+                   "frequency_penalty", "presence_penalty", "mirostat", "logit_bias", "stop", "max_tokens",
+                   "logprobs", "top_logprobs", "response_format", "reasoning_format", "tool_choice", "tools",
+                   "suffix", "prompt", "messages")
+
+
+def job_error(exc: Exception, body: dict[str, Any], param: Optional[str] = None) -> APIError:
+    """A job builder's or the engine's ValueError/TypeError as a 400 naming the field."""
+    message = str(exc)
+    if isinstance(exc, ParamError):
+        return APIError(400, message, param=exc.param, code=exc.code)
+    if "exceed context window" in message:
+        return APIError(400, message, param=param or "prompt", code="context_length_exceeded")
+    if isinstance(exc, UnicodeError):
+        where = "prompt" if "prompt" in body else "messages"
+        return APIError(400, f"'{where}' is not valid Unicode text: {message}", param=where, code="invalid_value")
+    named = next((name for name in _MESSAGE_PARAMS if message.startswith(name)), None)
+    if named is None and "grammar" in message:  # a GBNF parse error: from whichever field made it
+        named = next((name for name in ("grammar", "response_format", "tools") if body.get(name)), "grammar")
+    if named == "mirostat":
+        named = "mirostat_mode"
+    return APIError(400, message, param=named or param, code="invalid_value")
+
+
+def _make(build, param: str, body: dict[str, Any]):
     """Run a job builder; its ValueError/TypeError become a 400 naming the cause."""
     try:
         return build()
     except (ValueError, TypeError) as exc:
-        message = str(exc)
-        if "exceed context window" in message:
-            raise APIError(400, message, param=param, code="context_length_exceeded") from None
-        raise APIError(400, message, code="invalid_value") from None
+        raise job_error(exc, body, param) from None
 
 
 def completion_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -> CompletionJob:
@@ -140,7 +167,7 @@ def completion_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, A
     fields.pop("n", None)
     fields.pop("stream_options", None)
     max_tokens = fields.get("max_tokens")
-    job = _make(lambda: engine.completion_job(prompt, model=model, **fields), "prompt")
+    job = _make(lambda: engine.completion_job(prompt, model=model, **fields), "prompt", body)
     _check_max_tokens(engine, job, max_tokens)
     return job
 
@@ -151,9 +178,8 @@ def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -
         if body.get(name):
             raise APIError(400, f"'{name}' is not supported: use 'tools' / 'tool_choice'", param=name,
                            code="unsupported_parameter")
-    if fields.pop("logprobs", False):
-        raise APIError(400, "logprobs are not supported for chat completions yet", param="logprobs",
-                       code="unsupported_parameter")
+    if "top_logprobs" in fields and not fields.get("logprobs"):
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
     if "messages" not in fields:
         raise APIError(400, "'messages' is required", param="messages", code="missing_required_parameter")
     messages = fields.pop("messages")
@@ -166,6 +192,6 @@ def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -
     if "max_completion_tokens" in fields:
         fields["max_tokens"] = fields.pop("max_completion_tokens")
     max_tokens = fields.get("max_tokens")
-    job = _make(lambda: engine.chat_completion_job(messages, model=model, **fields), "messages")
+    job = _make(lambda: engine.chat_completion_job(messages, model=model, **fields), "messages", body)
     _check_max_tokens(engine, job, max_tokens)
     return job

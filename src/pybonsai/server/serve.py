@@ -2,15 +2,29 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import kv_cache
+from ..limits import RequestLimits
 
 __all__ = ["build_parser", "main"]
+
+_LIMIT_HELP = {
+    "logprobs": "most alternatives per token for /v1/completions 'logprobs'",
+    "top_logprobs": "most alternatives per token for chat 'top_logprobs'",
+    "stop": "most 'stop' strings per request",
+    "stop_chars": "most characters in one stop string",
+    "grammar_chars": "most characters of a request's grammar (given, or made from response_format / tools)",
+    "grammar_rules": "most rules in a request's grammar",
+    "grammar_alternatives": "most '|' alternatives in a request's grammar",
+    "enum_values": "most enum/const values in a request's JSON schemas",
+}
 
 
 def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
@@ -38,7 +52,13 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--alias", help="the model id clients use (default: the file name without .gguf)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit (default: 4 MiB)")
     p.add_argument("--drain-timeout", type=float, default=10.0,
-                   help="on Ctrl-C/SIGTERM, seconds to let running requests finish before cancelling them")
+                   help="on Ctrl-C/SIGTERM, seconds to let running requests finish; then streams end with an "
+                        "error frame and [DONE], other requests get a 503 (default: 10)")
+    limits = p.add_argument_group("request limits", "what one request may ask (checked before any work; "
+                                  "over a limit: 400 naming the parameter)")
+    for f in dataclasses.fields(RequestLimits):
+        limits.add_argument(f"--max-{f.name.replace('_', '-')}", dest=f"limit_{f.name}", type=int,
+                            default=f.default, metavar="N", help=f"{_LIMIT_HELP[f.name]} (default: {f.default})")
     p.add_argument("--seed", type=int, default=None, help="default sampling seed (default: random per request)")
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -55,6 +75,27 @@ def _kv_kwargs(args) -> dict:
     if kwargs["flash_attn"] == "default":
         kwargs["flash_attn"] = None
     return kwargs
+
+
+def _limits(args) -> RequestLimits:
+    return RequestLimits(**{f.name: getattr(args, f"limit_{f.name}") for f in dataclasses.fields(RequestLimits)})
+
+
+def _draining_server(uvicorn, config, engine, drain_timeout: float):
+    """A uvicorn.Server that, at the first Ctrl-C/SIGTERM, closes the engine with the drain
+    timeout in a thread: running requests may finish until then, then streams end with an error
+    frame and [DONE] and the other requests with a JSON 503 (see server.app)."""
+    class Server(uvicorn.Server):
+        drain: Optional[threading.Thread] = None
+
+        def handle_exit(self, sig, frame):
+            if self.drain is None:
+                self.drain = threading.Thread(target=engine.close, args=(drain_timeout,), name="pybonsai-drain",
+                                              daemon=True)
+                self.drain.start()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _missing_extra(exc: ImportError) -> int:
@@ -82,16 +123,18 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
         engine = Engine(str(path), n_parallel=args.parallel, n_ctx=args.n_ctx, n_batch=args.batch,
                         n_threads=args.threads, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                         seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
-                        verbose=args.verbose, **_kv_kwargs(args))
+                        verbose=args.verbose, limits=_limits(args), **_kv_kwargs(args))
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     model_id = args.alias or Path(path).name.removesuffix(".gguf")
     settings = ServerSettings(model_id=model_id, api_key=args.api_key or None, max_body_bytes=args.max_body_bytes)
     app = create_app(engine, settings)
+    # uvicorn cuts the connections left after timeout_graceful_shutdown: the engine, closed with
+    # the drain timeout at the signal, ends every request a little before that.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
-                            timeout_graceful_shutdown=max(args.drain_timeout, 0.1), access_log=False)
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=max(args.drain_timeout, 0.0) + 5.0, access_log=False)
+    server = _draining_server(uvicorn, config, engine, max(args.drain_timeout, 0.0))
     # uvicorn re-raises the signal that stopped it once it is done; these handlers take it, so
     # that a drained shutdown exits with status 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
