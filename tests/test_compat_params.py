@@ -75,7 +75,7 @@ def llm(tiny_model_path):
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(lora_base="base.gguf"), "lora_base"),
-    (dict(lora_scale=0.5), "lora_scale"), (dict(draft_model=object()), "draft_model"),
+    (dict(lora_scale=0.5), "lora_scale"),
     (dict(tokenizer=object()), "tokenizer"), (dict(spm_infill=True), "spm_infill"),
     (dict(not_a_parameter=1), "not_a_parameter"),
 ])

@@ -41,7 +41,7 @@ def _warn_each(found: Mapping[str, str], stacklevel: int) -> None:
 
 # -- Llama(...) --------------------------------------------------------------------------------
 
-def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str], lora_scale: float, draft_model: Any,
+def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str], lora_scale: float,
                        tokenizer: Any, spm_infill: bool, extra: Mapping[str, Any], stacklevel: int = 2) -> None:
     """Warn for each Llama() argument given with a value pybonsai cannot apply."""
     found: Dict[str, str] = {}
@@ -50,8 +50,6 @@ def ignored_llama_args(*, lora_base: Optional[str], lora_path: Optional[str], lo
                               "a separate base model")
     if lora_path is None and lora_scale != 1.0:
         found["lora_scale"] = "no LoRA adapter is loaded (lora_path is None)"
-    if draft_model is not None:
-        found["draft_model"] = "speculative decoding is not implemented in pybonsai; generation runs without a draft"
     if tokenizer is not None:
         found["tokenizer"] = "pybonsai always uses the GGUF's own tokenizer (llama.cpp's)"
     if spm_infill:

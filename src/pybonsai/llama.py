@@ -11,7 +11,7 @@ from typing import Any, Dict, Generator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, backends, chat_handlers, compat, completions, embeddings, gpu, kv_cache, load_checks, state
+from . import _core, backends, chat_handlers, compat, speculative, completions, embeddings, gpu, kv_cache, load_checks, state
 from .llama_cache import BaseLlamaCache
 from .gguf_file import check_gguf_path, mmap_compatible
 from .grammar import grammar_text
@@ -145,7 +145,7 @@ class Llama(CompatMethods):
         self.lora_base, self.lora_path, self.lora_scale = lora_base, lora_path, lora_scale
         self.chat_format, self.chat_handler, self.draft_model = chat_format, chat_handler, draft_model
         compat.ignored_llama_args(lora_base=lora_base, lora_path=lora_path, lora_scale=lora_scale,
-                                  draft_model=draft_model, tokenizer=tokenizer, spm_infill=spm_infill, extra=kwargs,
+                                  tokenizer=tokenizer, spm_infill=spm_infill, extra=kwargs,
                                   stacklevel=3)
         model_options: dict[str, Any] = {"split_mode": split_mode, "main_gpu": main_gpu,
                                          "kv_overrides": compat.check_kv_overrides(kv_overrides)}
@@ -165,6 +165,7 @@ class Llama(CompatMethods):
         self._chat_template_override = chat_template
         self._metadata: Optional[dict[str, str]] = None
         self._chat_handlers = chat_handlers.resolve(self, chat_format, chat_handler)  # unknown names raise
+        self._speculation = None
         self.n_tokens = 0
         if vocab_only:  # a context without weights (as llama-cpp-python): it tokenizes, never evaluates
             self.input_ids = np.zeros(0, dtype=np.int32)
@@ -199,6 +200,7 @@ class Llama(CompatMethods):
         # copied out of llama.cpp only when `scores` is read (sampling happens inside the context).
         self._scores = np.zeros((self._ctx.n_ctx if logits_all else 1, self._model.n_vocab), dtype=np.float32)
         self._scores_live = False  # the last decode's logits row is not yet in _scores[0]
+        self._speculation = speculative.attach(self, draft_model)  # Llama(draft_model=): see pybonsai.speculative
 
     @property
     def scores(self) -> np.ndarray:
@@ -524,6 +526,10 @@ class Llama(CompatMethods):
             self.ctx.clear_cancel()  # a cancel() from here on stops this generation
             pending = self._reuse_prefix(tokens) if reset else tokens
             target = [*self.input_ids[:self.n_tokens].tolist(), *pending]  # the context after the next eval
+        if self._speculation is not None:
+            yield from speculative.generate(self, self._speculation, sampler, params, pending, target, me,
+                                            logits_processor, stopping_criteria)
+            return
         while True:
             with self._lock:  # per token, so that threads sharing this Llama take turns
                 if self._owner is not me:  # first step, or another call used the context since
