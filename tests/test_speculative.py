@@ -213,4 +213,15 @@ def test_bad_drafters(tiny_model_path):
         _fixed(llm, 2)
         with pytest.raises(ValueError, match="outside the vocabulary"):
             _tokens(llm, "Hi", 3, temp=0)
-        assert llm.create_completion("Hi", max_tokens=2, temperature=0) if False else True
+
+
+def test_greedy_identical_on_the_mid_model(mid_model_path):
+    """A second model (4 layers of 1024, a byte-level vocabulary): bigger matrices, other kernel shapes."""
+    with Llama(mid_model_path, n_ctx=256, n_threads=1) as ref:
+        for seed, prompt in enumerate(["hello world, hello world, hello", "abcabcabc"]):
+            want = _tokens(ref, prompt, 24, temp=0)
+            n_prompt = len(ref.tokenize(prompt.encode()))
+            drafter = PlantedDrafter(n_prompt, want + [0] * 8, 0.6, 4, ref.n_vocab(), seed=seed)
+            with Llama(mid_model_path, n_ctx=256, n_threads=1, draft_model=drafter) as spec:
+                assert _tokens(_fixed(spec, 4), prompt, 24, temp=0) == want
+                assert spec._speculation.stats["accepted"] > 0
