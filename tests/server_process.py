@@ -1,6 +1,7 @@
 """Run `python -m pybonsai.server` as a subprocess on a free 127.0.0.1 port (for the server tests)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,3 +78,14 @@ def openai_client(server: ServerProcess, **kwargs):
 
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=server.api_key or "unused", max_retries=0,
                          **{"timeout": 120, **kwargs})
+
+
+@contextlib.contextmanager
+def running_server(model: Path, log: Path, *args: str):
+    """A ServerProcess for a module's tests; at the end SIGTERM must exit it with status 0."""
+    srv = ServerProcess(model, *args, log=log)
+    try:
+        yield srv
+    finally:
+        status = srv.terminate()
+        assert status == 0, srv.log()

@@ -122,32 +122,49 @@ def test_cancelled_queued_request_leaves_the_queue_at_once(tiny_model_path):
         running.cancel()
 
 
-def test_close_ends_running_requests_as_cancelled(tiny_model_path):
-    e = Engine(str(tiny_model_path), n_parallel=16, n_ctx=16 * 1024, n_threads=1)
+def test_close_ends_running_requests_as_cancelled(mid_model_path):
+    """close() aborts the decode in progress (long prompts: it is nearly always in one); the
+    requests of that batch end as cancelled, not with 'decode was aborted'."""
+    e = Engine(str(mid_model_path), n_parallel=16, n_ctx=16 * 1024, n_threads=1, prefill_chunk=256)
     events: list = [[] for _ in range(15)]
     for i in range(15):
-        e.submit(e.completion_job(f"Story {i}: once", max_tokens=1000, temperature=0), sink=events[i].append)
+        prompt = [(7 * i + j) % 200 + 1 for j in range(600)]
+        e.submit(e.completion_job(prompt, max_tokens=1000, temperature=0), sink=events[i].append)
     deadline = time.monotonic() + 60
-    while not all(len(evs) >= 2 for evs in events) and time.monotonic() < deadline:
-        time.sleep(0.01)  # all 15 streaming
+    while e.stats.prompt_tokens < 512 and time.monotonic() < deadline:
+        time.sleep(0.005)
     e.close()
     last = [evs[-1] for evs in events]
     assert [getattr(ev, "finish_reason", repr(ev)) for ev in last] == ["cancelled"] * 15
 
 
-def test_seeded_sampling_alone_equals_batched_with_flash_attention(tiny_model_path):
+def _alone_and_batched(engine: Engine, prompts: list, **kw) -> tuple[list, list]:
+    alone = [_text(engine.create_completion(p, **kw)) for p in prompts]
+    out = [None] * len(prompts)
+
+    def run(i):
+        out[i] = _text(engine.create_completion(prompts[i], **kw))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return alone, out
+
+
+def test_seeded_sampling_alone_equals_batched_short_prompts(tiny_model_path):
     prompts = [f"Story number {i}: once upon a time" for i in range(4)]
-    kw = dict(max_tokens=24, temperature=0.9, seed=1234)
     with Engine(str(tiny_model_path), n_parallel=4, n_ctx=2048, n_threads=1, flash_attn=True) as e:
-        alone = [_text(e.create_completion(p, **kw)) for p in prompts]
-        out = [None] * 4
+        alone, batched = _alone_and_batched(e, prompts, max_tokens=24, temperature=0.9, seed=1234)
+    assert batched == alone
 
-        def run(i):
-            out[i] = _text(e.create_completion(prompts[i], **kw))
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    assert out == alone
+@pytest.mark.xfail(strict=True, reason="open (issue 28): with 490-840-token prompts decoded together, a "
+                   "sequence's logits drift from its logits alone (by ~0.004 in logprob after ~25 tokens): greedy "
+                   "text holds, seeded sampling does not")
+def test_seeded_sampling_alone_equals_batched_long_prompts(tiny_model_path):
+    prompts = [" ".join(f"word{(i * 31 + j) % 97}" for j in range(170 + 40 * i)) for i in range(4)]
+    with Engine(str(tiny_model_path), n_parallel=4, n_ctx=8192, n_threads=1, flash_attn=True) as e:
+        alone, batched = _alone_and_batched(e, prompts, max_tokens=32, temperature=0.9, seed=1234)
+    assert batched == alone

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from server_process import ServerProcess, openai_client
+from server_process import ServerProcess, openai_client, running_server
 
 HUGE_GRAMMAR = "root ::= " + " | ".join(f'"w{i}"' for i in range(40_000))
 USER = [{"role": "user", "content": "hi"}]
@@ -21,13 +21,10 @@ USER = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def server(tiny_model_path, tmp_path_factory):
-    srv = ServerProcess(tiny_model_path, "--parallel", "4", "--n-ctx", "4096",
-                        log=tmp_path_factory.mktemp("server") / "limits.log")
-    try:
-        with openai_client(srv) as client:
-            yield srv, client
-    finally:
-        assert srv.terminate() == 0, srv.log()
+    log = tmp_path_factory.mktemp("server") / "limits.log"
+    with running_server(tiny_model_path, log, "--parallel", "4", "--n-ctx", "4096") as srv, \
+            openai_client(srv) as client:
+        yield srv, client
 
 
 def _refused(call, param: str, code: str = None) -> dict:
@@ -139,18 +136,20 @@ def test_health_answers_while_big_requests_are_prepared(server):
 
 
 def test_full_queue_refuses_a_grammar_request_at_once(tiny_model_path, tmp_path):
-    srv = ServerProcess(tiny_model_path, "--parallel", "1", "--max-queue", "0", log=tmp_path / "full.log")
-    grammar = "root ::= " + " | ".join(f'"w{i}"' for i in range(1000))  # within the limits
+    """The admission check comes before any preparation: with the queue full, even a request
+    whose grammar would take seconds to parse gets its 429 at once."""
+    srv = ServerProcess(tiny_model_path, "--parallel", "1", "--max-queue", "0", "--max-grammar-alternatives",
+                        "100000", "--max-grammar-chars", "1000000", log=tmp_path / "full.log")
     try:
         with httpx.Client(timeout=60) as http:
             body = {"prompt": "x", "max_tokens": 2000, "stream": True, "temperature": 0}
             with http.stream("POST", srv.base_url + "/v1/completions", json=body) as running:
                 lines = running.iter_lines()  # (dropping the iterator would close the response)
                 next(lines)
+                raw = json.dumps({"prompt": "x", "max_tokens": 2, "grammar": HUGE_GRAMMAR}).encode("utf-8")
                 t0 = time.monotonic()
-                r = http.post(srv.base_url + "/v1/completions",
-                              json={"prompt": "x", "max_tokens": 2, "grammar": grammar})
-                assert r.status_code == 429 and time.monotonic() - t0 < 1.0
+                r = http.post(srv.base_url + "/v1/completions", content=raw)
+                assert r.status_code == 429 and time.monotonic() - t0 < 0.5
     finally:
         srv.stop()
 

@@ -34,7 +34,7 @@ from .completions import CompletionJob, TokenTextStream, _Step, _Usage
 from .limits import RequestLimits
 from .llama import Llama, _default_threads
 from .logits import check_logit_bias
-from .request_checks import check_arguments, check_job, grammar_param
+from .request_checks import check_arguments, check_job, check_prompt_size, grammar_param
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 __all__ = ["Engine", "EngineClosed", "QueueFull", "RequestHandle"]
@@ -117,8 +117,7 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     pos: int = 0                                      # next position in the sequence
     last: int = -1                                    # the sampled token to decode next
-    sampling: Optional[Future] = None                 # a grammar-constrained pick, off the step
-    sampled_from: Any = None                          # ... and the logits row it picks from
+    sampling: Optional[Future] = None                 # a pick (grammar) / logprobs, off the step
 
 
 class Engine:
@@ -134,10 +133,12 @@ class Engine:
 
     `limits` (pybonsai.limits.RequestLimits; default OpenAI's bounds) caps what one request may
     ask (logprobs, stop strings, grammar size): over a bound, the job builders raise
-    LimitExceeded (a ValueError naming the parameter) before any work. Grammar-constrained picks
-    run in worker threads beside the shared decode step (a grammar checks the whole vocabulary
-    for a token: 30-80 ms on a Qwen vocabulary, more for large alternations), so that they
-    slow only their own request."""
+    LimitExceeded (a ValueError naming the parameter) before any work; a text prompt that cannot
+    fit (more bytes than n_ctx_per_seq of the vocabulary's longest tokens) is refused before it is
+    tokenized. Grammar-constrained picks and top-logprobs lists run in worker threads beside the
+    shared decode step (a grammar checks the whole vocabulary for a token: 30-80 ms on a Qwen
+    vocabulary, more for large alternations; a logprobs list ~2 ms), so that they slow only their
+    own request (which skips the steps while its pick is made)."""
 
     def __init__(self, model_path: str, *, n_parallel: int = 4, n_ctx: Optional[int] = None,
                  n_batch: int = 512, n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
@@ -196,6 +197,7 @@ class Engine:
         """Validate create_completion arguments for this engine (raises ValueError/TypeError;
         LimitExceeded, before any work, for arguments over `limits`)."""
         check_arguments(self.limits, kwargs, chat=False)
+        check_prompt_size(prompt, self.n_ctx_per_seq, self._longest_piece)
         job = completions.completion_job(self.llm, self.n_ctx_per_seq, prompt, **kwargs)
         check_job(job, self.limits, self.llm.n_vocab())
         return job
@@ -270,6 +272,14 @@ class Engine:
         job = self.chat_completion_job(messages, **kwargs)
         handle = self.submit(job)
         return job.respond(handle.steps(), handle.usage)
+
+    def _longest_piece(self) -> int:
+        """Bytes of the vocabulary's longest token (computed once, when first needed)."""
+        if self._max_piece is None:
+            self._max_piece = max(len(self.llm.token_to_piece(t)) for t in range(self.llm.n_vocab()))
+        return self._max_piece
+
+    _max_piece: Optional[int] = None
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -382,8 +392,7 @@ class Engine:
 
     def _release(self, slot: _Slot, event: Event) -> None:
         handle = slot.handle
-        slot.handle, slot.stream, slot.sampler, slot.pending = None, None, None, []
-        slot.sampling = slot.sampled_from = None
+        slot.handle, slot.stream, slot.sampler, slot.pending, slot.sampling = None, None, None, [], None
         self._ctx.seq_rm(slot.seq, 0, -1)
         slot.pos = 0
         handle._emit(event)
@@ -430,45 +439,48 @@ class Engine:
         for slot, row in rows:
             slot.pos += 1
             try:
-                if slot.handle.job.grammar is not None:  # the mask is slow: off the shared step
+                job = slot.handle.job
+                if job.grammar is not None or job.logprobs is not None:  # slow: off the shared step
                     logits = self._ctx.logits_ith(row)
-                    slot.sampling = self._pickers.submit(slot.sampler.sample_logits, self._model, logits)
-                    slot.sampled_from = logits
+                    token = None if job.grammar is not None else slot.sampler.sample(self._ctx, row)
+                    slot.sampling = self._pickers.submit(self._pick_and_push, slot, token, logits)
                     slot.sampling.add_done_callback(self._notify)
                     continue
                 token = slot.sampler.sample(self._ctx, row)
+                step = slot.stream.push(token)
             except Exception as exc:
                 self._release(slot, event=exc)
                 continue
-            self._took(slot, token, lambda row=row: self._ctx.logits_ith(row))
+            self._advance(slot, token, step)
         self.stats.note_step(len(rows), time.monotonic() - t0)
+
+    def _pick_and_push(self, slot: _Slot, token: Optional[int], logits) -> tuple[int, Optional[_Step]]:
+        """In a worker thread, beside the shared step (the slot waits out of the batch): the
+        grammar mask (a pass over the whole vocabulary, the GIL released) and/or the top-logprobs
+        list (numpy, the GIL mostly released) of one sampled token."""
+        if token is None:
+            token = slot.sampler.sample_logits(self._model, logits)
+        return token, slot.stream.push(token, lambda: logits)
 
     def _collect_picks(self) -> None:
         for slot in self._slots:
-            future, logits = slot.sampling, slot.sampled_from
+            future = slot.sampling
             if future is None or not future.done():
                 continue
-            slot.sampling = slot.sampled_from = None
+            slot.sampling = None
             try:
-                token = future.result()
+                token, step = future.result()
             except Exception as exc:
                 self._release(slot, event=exc)
                 continue
-            if slot.handle.cancelled:
-                continue  # _drop_cancelled ends it
-            self._took(slot, token, lambda logits=logits: logits)
+            self._advance(slot, token, step)
 
-    def _took(self, slot: _Slot, token: int, logits: Callable) -> None:
-        """The slot's request sampled `token` (from the row `logits()` gives)."""
+    def _advance(self, slot: _Slot, token: int, step: Optional[_Step]) -> None:
+        """The slot's request sampled `token`, which made `step`."""
         handle = slot.handle
-        try:
-            if handle.first_token_at is None:
-                handle.first_token_at = time.monotonic()
-            slot.last = token
-            step = slot.stream.push(token, logits)
-        except Exception as exc:
-            self._release(slot, event=exc)
-            return
+        if handle.first_token_at is None:
+            handle.first_token_at = time.monotonic()
+        slot.last = token
         self.stats.generated_tokens += 1
         if slot.stream.done:
             self._release(slot, event=step)

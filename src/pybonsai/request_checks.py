@@ -5,14 +5,14 @@ is not an int, token ids outside the vocabulary, a grammar made from a schema or
 is over the grammar budget)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .limits import ParamError, RequestLimits
 
 if TYPE_CHECKING:
     from .completions import CompletionJob
 
-__all__ = ["check_arguments", "check_job", "grammar_param"]
+__all__ = ["check_arguments", "check_job", "check_prompt_size", "grammar_param"]
 
 
 def _grammar_source(grammar: Any) -> Any:
@@ -64,3 +64,18 @@ def check_job(job: "CompletionJob", limits: RequestLimits, n_vocab: int, grammar
     limits.check_stop(job.stop)
     if job.grammar is not None:
         limits.check_grammar(job.grammar[0], grammar_from)
+
+
+def check_prompt_size(prompt: Any, n_ctx: int, longest_piece: Callable[[], int]) -> None:
+    """A text prompt that needs more than `n_ctx` tokens even if every token were the
+    vocabulary's longest is refused before it is tokenized (a 4 MB body would take seconds)."""
+    if not isinstance(prompt, str) or len(prompt) <= 4 * n_ctx:  # (short ones: tokenizing is cheap)
+        return
+    try:
+        n_bytes = len(prompt.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ParamError(f"prompt is not valid Unicode text: {exc}", "prompt") from None
+    at_least = -(-n_bytes // max(longest_piece(), 1))
+    if at_least > n_ctx:
+        raise ParamError(f"Requested tokens (at least {at_least}) exceed context window of {n_ctx}", "prompt",
+                         "context_length_exceeded")

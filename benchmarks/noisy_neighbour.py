@@ -1,0 +1,157 @@
+"""Noisy neighbours (issue 28): how long a 60-token victim completion takes on `pybonsai serve`
+alone, and beside each hostile request (and beside heavy requests within the limits).
+
+    python benchmarks/noisy_neighbour.py [--model tiny.gguf] [--threads 1] [--reps 3]
+
+For each neighbour: it is sent, the victim starts once the neighbour is in flight (0.3 s later,
+or at once when it was already answered), and the victim's wall time is the median over `reps`
+runs; its ratio is to the victim alone, measured in the same run. A refused neighbour's status and
+answer time are reported. The server's RSS is sampled every 20 ms: peak over the run vs idle
+(after start-up). Target: victim <= 1.5x alone beside every neighbour, or the neighbour refused
+(4xx) within 100 ms; peak RSS <= 1.2x idle. Default model: the tiny synthetic Qwen3 (Q1_0, the
+Qwen vocabulary) written to build/models/."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT  # noqa: E402
+from serve_concurrency import _free_port  # noqa: E402
+
+VICTIM = {"prompt": "Story number 7: once upon a time", "max_tokens": 60, "temperature": 0,
+          "logit_bias": {"151643": -100, "151645": -100}}  # no early end of text: always 60 tokens
+
+
+def tiny_model() -> Path:
+    from pybonsai import synth
+
+    path = ROOT / "build" / "models" / "noisy-tiny.gguf"
+    if not path.exists():
+        src = synth.find_llama_cpp_dir()
+        vocab, template = synth.ARCH_FILES[synth.SHAPES["tiny"].arch]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synth.write_model(path, "tiny", seed=0, vocab_gguf=src / vocab, chat_template=(src / template).read_text())
+    return path
+
+
+def neighbours() -> list[tuple[str, str, dict]]:
+    alternatives = " | ".join(f'"w{i}"' for i in range(40_000))
+    enum = {"type": "json_schema", "json_schema": {"name": "e", "schema": {"enum": [f"v{i}" for i in range(40_000)]}}}
+    json_gbnf = (ROOT / "vendor" / "llama.cpp" / "grammars" / "json.gbnf").read_text()
+    long = {"prompt": "Story number 3: once upon a time", "max_tokens": 400, "temperature": 0}
+    chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20} for i in range(4000)]
+    return [
+        ("logprobs=200000", "/v1/completions", {**long, "logprobs": 200_000}),
+        ("300,000 stop strings", "/v1/completions", {**long, "stop": [f"s{i}" for i in range(300_000)]}),
+        ("grammar of 40,000 alternatives", "/v1/completions", {**long, "grammar": f"root ::= {alternatives}"}),
+        ("response_format enum of 40,000", "/v1/chat/completions",
+         {"messages": [{"role": "user", "content": "pick"}], "max_tokens": 50, "response_format": enum}),
+        ("3.5 MB prompt", "/v1/completions", {"prompt": "word " * 700_000, "max_tokens": 2}),
+        ("4,000-message chat", "/v1/chat/completions", {"messages": chat, "max_tokens": 2}),
+        ("within limits: logprobs=5, 400 tokens", "/v1/completions", {**long, "logprobs": 5}),
+        ("within limits: 4 stops of 256 chars", "/v1/completions",
+         {**long, "stop": [c * 256 for c in "qxzj"]}),
+        ("within limits: json.gbnf grammar, 400 tokens", "/v1/completions", {**long, "grammar": json_gbnf}),
+    ]
+
+
+class Server:
+    def __init__(self, model: Path, threads: int):
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "pybonsai.server", "-m", str(model), "--port",
+                                      str(self.port), "--threads", str(threads), "--parallel", "4", "--n-ctx", "8192",
+                                      "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.peak = self.rss()
+        self._sampling = True
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _sample(self) -> None:
+        while self._sampling and self.proc.poll() is None:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._sampling = False
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def victim_time(base: str) -> float:
+    t0 = time.monotonic()
+    r = httpx.post(base + "/v1/completions", json=VICTIM, timeout=600)
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 60, r.text[:300]
+    return elapsed
+
+
+def beside(base: str, path: str, body: dict) -> tuple[float, int, float]:
+    """(victim seconds, neighbour status, neighbour answer seconds) with the neighbour in flight."""
+    out: dict = {}
+    raw = json.dumps(body).encode("utf-8")
+
+    def send() -> None:
+        t0 = time.monotonic()
+        with httpx.Client(timeout=600) as http:
+            r = http.post(base + path, content=raw, headers={"Content-Type": "application/json"})
+        out["status"], out["seconds"] = r.status_code, time.monotonic() - t0
+
+    t = threading.Thread(target=send)
+    t.start()
+    deadline = time.monotonic() + 0.3
+    while t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    victim = victim_time(base)
+    t.join()
+    return victim, out["status"], out["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    server = Server(args.model or tiny_model(), args.threads)
+    try:
+        victim_time(server.base)  # warm-up
+        idle = server.rss()
+        alone = statistics.median(victim_time(server.base) for _ in range(args.reps))
+        print(f"victim alone: {alone * 1000:.0f} ms (median of {args.reps}); server RSS idle {idle / 2**20:.0f} MiB")
+        print("\n| neighbour | its answer | its time | victim | victim / alone |")
+        print("|---|---|---|---|---|")
+        for name, path, body in neighbours():
+            runs = [beside(server.base, path, body) for _ in range(args.reps)]
+            victim = statistics.median(r[0] for r in runs)
+            status, seconds = runs[-1][1], statistics.median(r[2] for r in runs)
+            print(f"| {name} | {status} | {seconds * 1000:.0f} ms | {victim * 1000:.0f} ms | {victim / alone:.2f}x |",
+                  flush=True)
+        print(f"\npeak server RSS {server.peak / 2**20:.0f} MiB = {server.peak / idle:.2f}x idle")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
