@@ -232,23 +232,13 @@ def _prompt_logprobs(llm: "Llama", tokens: list[int], n: int) -> _Step:
     """echo=True with logprobs: every prompt token with the logprob the model gave it (the first
     has none, as in OpenAI's and llama-cpp-python's responses; a leading BOS is left out).
     Evaluates the prompt on the Llama's own context (generation then reuses it)."""
-    step, offsets = _Step(), _Offsets()
+    from .echo_logprobs import PromptLogprobs
+
+    echo = PromptLogprobs(llm, tokens, n)
     llm.reset()
-    previous: Optional[np.ndarray] = None
-    bos = llm.token_bos()
-    for pos0, rows in llm._eval_chunks(tokens, all_logits=True):
-        for i, row in enumerate(rows):
-            token = tokens[pos0 + i]
-            if not (pos0 + i == 0 and token == bos):
-                piece = llm.token_to_piece(token, special=True)
-                offset = offsets.push(piece)
-                text = piece.decode("utf-8", errors="replace")
-                if previous is None:
-                    step.add_token(text, offset, None, None)
-                else:
-                    step.add_token(text, offset, *_top_logprobs(llm, previous, token, n))
-            previous = row
-    return step
+    for _, rows in llm._eval_chunks(tokens, all_logits=True):
+        echo.feed(rows)
+    return echo.step
 
 
 def _logprobs_dict(steps: Sequence[_Step], base: int) -> dict[str, Any]:
