@@ -230,3 +230,25 @@ def test_sigterm_past_the_drain_timeout_ends_streams_and_answers_503(tiny_model_
         status, kind, text = results[name]
         assert status == 503 and kind == "application/json", results[name]
         assert json.loads(text)["error"]["code"] == "shutting_down"
+
+
+def test_echo_with_logprobs_as_llama(server, tiny_model_path):
+    """echo=true + logprobs over HTTP carries the prompt tokens' logprobs, as Llama.create_completion."""
+    from pybonsai import Llama
+
+    server, client = server
+    prompt = "Once upon a time, " * 30  # a prompt longer than one echo chunk (16 tokens a step)
+    with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, flash_attn=False, verbose=False) as llm:
+        want = llm.create_completion(prompt, max_tokens=4, temperature=0, echo=True, logprobs=2)
+    got = client.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0, echo=True, logprobs=2)
+    w, g = want["choices"][0], got.choices[0]
+    assert g.text == w["text"] and g.text.startswith(prompt)
+    assert g.logprobs.tokens == w["logprobs"]["tokens"] and len(g.logprobs.tokens) > 60
+    assert g.logprobs.text_offset == w["logprobs"]["text_offset"]
+    assert g.logprobs.token_logprobs[0] is None
+    assert g.logprobs.token_logprobs[1:] == pytest.approx(w["logprobs"]["token_logprobs"][1:], abs=1e-3)
+    assert [set(t) for t in g.logprobs.top_logprobs[1:]] == [set(t) for t in w["logprobs"]["top_logprobs"][1:]]
+    stream = client.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0, echo=True,
+                                       logprobs=2, stream=True)
+    tokens = [t for chunk in stream for t in (chunk.choices[0].logprobs.tokens if chunk.choices[0].logprobs else [])]
+    assert tokens == w["logprobs"]["tokens"]

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from . import _core, completions, kv_cache, model_info
 from .completions import CompletionJob, TokenTextStream, _Step, _Usage
+from .echo_logprobs import PromptLogprobs
 from .limits import RequestLimits
 from .llama import Llama, _default_threads
 from .logits import check_logit_bias
@@ -38,6 +39,8 @@ from .request_checks import check_arguments, check_job, check_prompt_size, gramm
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 __all__ = ["Engine", "EngineClosed", "QueueFull", "RequestHandle"]
+
+ECHO_CHUNK = 16  # prompt tokens a step for echo + logprobs (each row's logits are copied: 4 B x n_vocab)
 
 
 class QueueFull(RuntimeError):
@@ -72,6 +75,7 @@ class RequestHandle:
         self.first_token_at: Optional[float] = None
         self._sampler: Any = None  # built by Engine.prepare, in the caller's thread
         self._stream: Optional[TokenTextStream] = None
+        self._echo: Optional[PromptLogprobs] = None  # echo=True with logprobs
         self._withdraw: Optional[Callable[["RequestHandle"], None]] = None  # set when queued
 
     def cancel(self) -> None:
@@ -118,6 +122,8 @@ class _Slot:
     pos: int = 0                                      # next position in the sequence
     last: int = -1                                    # the sampled token to decode next
     sampling: Optional[Future] = None                 # a pick (grammar) / logprobs, off the step
+    echo: Optional[PromptLogprobs] = None             # echo=True + logprobs: the prompt's logprobs
+    echo_rows: tuple = ()                             # batch rows of the prompt tokens in this step
 
 
 class Engine:
@@ -226,6 +232,9 @@ class Engine:
         handle = RequestHandle(job, sink)
         handle._sampler = sampler
         handle._stream = job.text_stream(self.llm, self.n_ctx_per_seq, handle.usage)
+        if job.prefix and job.logprobs is not None:
+            handle._echo = PromptLogprobs(self.llm, job.prompt_tokens, job.logprobs)
+            job.echoed = handle._echo.step  # filled during the prefill, before the first token
         return handle
 
     def enqueue(self, handle: RequestHandle) -> RequestHandle:
@@ -380,7 +389,7 @@ class Engine:
             if slot.handle is None:
                 handle = self._waiting.popleft()
                 handle._withdraw = None
-                slot.handle, slot.sampler, slot.stream = handle, handle._sampler, handle._stream
+                slot.handle, slot.sampler, slot.stream, slot.echo = handle, handle._sampler, handle._stream, handle._echo
                 slot.pending, slot.pos, slot.last = list(handle.job.prompt_tokens), 0, -1
                 if slot.stream.done:  # no room to generate anything
                     self._release(slot, event=slot.stream.finish())
@@ -393,6 +402,7 @@ class Engine:
     def _release(self, slot: _Slot, event: Event) -> None:
         handle = slot.handle
         slot.handle, slot.stream, slot.sampler, slot.pending, slot.sampling = None, None, None, [], None
+        slot.echo, slot.echo_rows = None, ()
         self._ctx.seq_rm(slot.seq, 0, -1)
         slot.pos = 0
         handle._emit(event)
@@ -408,16 +418,19 @@ class Engine:
                 want.append(True)
         budget = min(self.prefill_chunk, self.n_batch - len(tokens))
         for slot in self._slots:
-            if slot.handle is None or not slot.pending or budget <= 0:
+            if slot.handle is None or not slot.pending or budget <= 0 or slot.sampling is not None:
                 continue
-            chunk = slot.pending[:budget]
+            # echo + logprobs: every prompt row's logits are copied and scored (beside the step)
+            chunk = slot.pending[:min(budget, ECHO_CHUNK) if slot.echo is not None else budget]
             del slot.pending[:len(chunk)]
             budget -= len(chunk)
+            if slot.echo is not None:
+                slot.echo_rows = tuple(range(len(tokens), len(tokens) + len(chunk)))
             for i, t in enumerate(chunk):
                 tokens.append(t)
                 pos.append(slot.pos + i)
                 seqs.append(slot.seq)
-                want.append(False)
+                want.append(slot.echo is not None)
             if not slot.pending:  # the prompt's last token: sample the first token from it
                 want[-1] = True
                 rows.append((slot, len(tokens) - 1))
@@ -436,6 +449,11 @@ class Engine:
                     self._release(slot, event=slot.stream.finish("cancelled") if self._stop else exc)
             return
         self.stats.prompt_tokens += len(tokens) - sum(1 for s, _ in rows if s.last >= 0)
+        echoes = {}
+        for slot in self._slots:
+            if slot.echo_rows:
+                echoes[slot.seq] = [self._ctx.logits_ith(r) for r in slot.echo_rows]
+                slot.echo_rows = ()
         for slot, row in rows:
             slot.pos += 1
             try:
@@ -443,8 +461,7 @@ class Engine:
                 if job.grammar is not None or job.logprobs is not None:  # slow: off the shared step
                     logits = self._ctx.logits_ith(row)
                     token = None if job.grammar is not None else slot.sampler.sample(self._ctx, row)
-                    slot.sampling = self._pickers.submit(self._pick_and_push, slot, token, logits)
-                    slot.sampling.add_done_callback(self._notify)
+                    self._off_step(slot, token, logits, echoes.pop(slot.seq, None))
                     continue
                 token = slot.sampler.sample(self._ctx, row)
                 step = slot.stream.push(token)
@@ -452,12 +469,24 @@ class Engine:
                 self._release(slot, event=exc)
                 continue
             self._advance(slot, token, step)
+        for seq, rows_logits in echoes.items():  # prompts still prefilling
+            self._off_step(self._slots[seq], None, None, rows_logits)
         self.stats.note_step(len(rows), time.monotonic() - t0)
 
-    def _pick_and_push(self, slot: _Slot, token: Optional[int], logits) -> tuple[int, Optional[_Step]]:
+    def _off_step(self, slot: _Slot, token: Optional[int], logits, echo_rows) -> None:
+        slot.sampling = self._pickers.submit(self._pick_and_push, slot, token, logits, echo_rows)
+        slot.sampling.add_done_callback(self._notify)
+
+    def _pick_and_push(self, slot: _Slot, token: Optional[int], logits,
+                       echo_rows=None) -> tuple[Optional[int], Optional[_Step]]:
         """In a worker thread, beside the shared step (the slot waits out of the batch): the
-        grammar mask (a pass over the whole vocabulary, the GIL released) and/or the top-logprobs
-        list (numpy, the GIL mostly released) of one sampled token."""
+        prompt rows' logprobs (echo), the grammar mask (a pass over the whole vocabulary, the
+        GIL released) and/or the top-logprobs list (numpy, the GIL mostly released) of one
+        sampled token. (None, None) when the prompt is not done."""
+        if echo_rows:
+            slot.echo.feed(echo_rows)
+        if logits is None:
+            return None, None
         if token is None:
             token = slot.sampler.sample_logits(self._model, logits)
         return token, slot.stream.push(token, lambda: logits)
@@ -473,7 +502,8 @@ class Engine:
             except Exception as exc:
                 self._release(slot, event=exc)
                 continue
-            self._advance(slot, token, step)
+            if token is not None:
+                self._advance(slot, token, step)
 
     def _advance(self, slot: _Slot, token: int, step: Optional[_Step]) -> None:
         """The slot's request sampled `token`, which made `step`."""
