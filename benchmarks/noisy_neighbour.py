@@ -47,7 +47,8 @@ def neighbours() -> list[tuple[str, str, dict]]:
     alternatives = " | ".join(f'"w{i}"' for i in range(40_000))
     enum = {"type": "json_schema", "json_schema": {"name": "e", "schema": {"enum": [f"v{i}" for i in range(40_000)]}}}
     json_gbnf = (ROOT / "vendor" / "llama.cpp" / "grammars" / "json.gbnf").read_text()
-    long = {"prompt": "Story number 3: once upon a time", "max_tokens": 400, "temperature": 0}
+    long = {"prompt": "Story number 3: once upon a time", "max_tokens": 400, "temperature": 0,
+            "logit_bias": VICTIM["logit_bias"]}
     chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20} for i in range(4000)]
     return [
         ("logprobs=200000", "/v1/completions", {**long, "logprobs": 200_000}),
@@ -57,10 +58,13 @@ def neighbours() -> list[tuple[str, str, dict]]:
          {"messages": [{"role": "user", "content": "pick"}], "max_tokens": 50, "response_format": enum}),
         ("3.5 MB prompt", "/v1/completions", {"prompt": "word " * 700_000, "max_tokens": 2}),
         ("4,000-message chat", "/v1/chat/completions", {"messages": chat, "max_tokens": 2}),
+        ("reference: a plain 400-token completion", "/v1/completions", long),
         ("within limits: logprobs=5, 400 tokens", "/v1/completions", {**long, "logprobs": 5}),
         ("within limits: 4 stops of 256 chars", "/v1/completions",
          {**long, "stop": [c * 256 for c in "qxzj"]}),
-        ("within limits: json.gbnf grammar, 400 tokens", "/v1/completions", {**long, "grammar": json_gbnf}),
+        ("within limits: json.gbnf grammar", "/v1/completions", {**long, "grammar": json_gbnf}),
+        ("within limits: grammar [a-z ]+, 400 tokens", "/v1/completions",
+         {**long, "grammar": "root ::= [a-z ]+", "logit_bias": VICTIM["logit_bias"]}),
     ]
 
 
@@ -133,6 +137,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", default="", help="run the neighbours whose name contains this text")
     args = ap.parse_args()
     server = Server(args.model or tiny_model(), args.threads)
     try:
@@ -140,15 +145,20 @@ def main() -> None:
         idle = server.rss()
         alone = statistics.median(victim_time(server.base) for _ in range(args.reps))
         print(f"victim alone: {alone * 1000:.0f} ms (median of {args.reps}); server RSS idle {idle / 2**20:.0f} MiB")
-        print("\n| neighbour | its answer | its time | victim | victim / alone |")
-        print("|---|---|---|---|---|")
+        print("\n| neighbour | its answer | its time | victim | victim / alone | peak RSS / idle |")
+        print("|---|---|---|---|---|---|")
+        peak = server.peak
         for name, path, body in neighbours():
+            if args.only not in name:
+                continue
+            server.peak = server.rss()
             runs = [beside(server.base, path, body) for _ in range(args.reps)]
             victim = statistics.median(r[0] for r in runs)
             status, seconds = runs[-1][1], statistics.median(r[2] for r in runs)
-            print(f"| {name} | {status} | {seconds * 1000:.0f} ms | {victim * 1000:.0f} ms | {victim / alone:.2f}x |",
-                  flush=True)
-        print(f"\npeak server RSS {server.peak / 2**20:.0f} MiB = {server.peak / idle:.2f}x idle")
+            print(f"| {name} | {status} | {seconds * 1000:.0f} ms | {victim * 1000:.0f} ms | {victim / alone:.2f}x "
+                  f"| {server.peak / idle:.2f}x |", flush=True)
+            peak = max(peak, server.peak)
+        print(f"\npeak server RSS over the run {peak / 2**20:.0f} MiB = {peak / idle:.2f}x idle")
     finally:
         server.stop()
 

@@ -127,6 +127,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
+    # The engine thread's Python part of a step waits for the GIL while a worker renders a long
+    # chat template (pure Python): hand the GIL over more often than every 5 ms (the default).
+    sys.setswitchinterval(0.0005)
     model_id = args.alias or Path(path).name.removesuffix(".gguf")
     settings = ServerSettings(model_id=model_id, api_key=args.api_key or None, max_body_bytes=args.max_body_bytes)
     app = create_app(engine, settings)
