@@ -4,7 +4,7 @@
     python benchmarks/cuda_verify.py [--build] [--out DIR] [--models tiny,8b]
 
 Steps (each prints "ok", "FAILED" or "skipped: <why>"; a JSON + Markdown summary goes to --out):
-  1. wheels      (--build) wheels/cuda/build_and_test.sh: toolkit, plugin wheel, repaired, installed
+  1. wheels      (--build) wheels/plugin/build_and_test_cuda.sh: toolkit, plugin wheel, repaired, installed
                  with the base wheel in a compiler-free venv; on a GPU machine it checks offload.
   2. emulated    our CUDA kernels on the CPU (csrc/kernels/cuda/emu): every path vs the reference.
   3. harness     the same harness built with nvcc for this GPU and run on it (needs a GPU).

@@ -17,7 +17,7 @@ import pybonsai
 from pybonsai import Llama, gpu
 
 REPO = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = REPO / "wheels" / "cuda"
+PLUGIN_DIR = REPO / "wheels" / "plugin"  # the plugin project: cuda12/, cuda13/, vulkan/ wheels
 RUNTIME = [("cuda_runtime/lib", "libcudart.so.12"), ("cublas/lib", "libcublasLt.so.12"),
            ("cublas/lib", "libcublas.so.12")]
 
@@ -380,6 +380,60 @@ def test_system_info_says_why_without_a_driver(site, monkeypatch):
     assert "libcuda.so.1" in info["unavailable"]["message"]
 
 
+
+def test_system_info_says_the_driver_is_too_old_before_any_load(tmp_path, monkeypatch):
+    """A CUDA 13 plugin ([cuda]) on an R550 driver (CUDA 12.4): system_info() names the reason, both
+    versions, the driver branch needed and the CUDA 12 plugin as the alternative, loading nothing."""
+    root = make_site(tmp_path / "site-packages", min_driver=13000)
+    init = root / gpu.PLUGIN_PACKAGE / "__init__.py"
+    init.write_text(init.read_text().replace("CUDA_MAJOR = 12", "CUDA_MAJOR = 13"))
+    monkeypatch.syspath_prepend(str(root))
+    fake_driver(monkeypatch, 12040)
+    monkeypatch.setattr(gpu, "_dlopen", _forbidden("_dlopen"))
+    monkeypatch.setattr(gpu, "_load_backend", _forbidden("_load_backend"))
+    info = pybonsai.system_info()["gpu"]
+    assert info["unavailable"]["reason"] == gpu.DRIVER_TOO_OLD
+    message = info["unavailable"]["message"]
+    for part in ("CUDA 12.4", "12040", ">= 13.0", "R580", 'pybonsai[cuda12]'):
+        assert part in message, (part, message)
+    assert info["driver"]["version"] == 12040 and info["plugin"]["cuda_major"] == 13
+    monkeypatch.setattr(gpu, "_dlopen", lambda path: None)  # a load attempt preloads the runtime first
+    err = reason_of()  # and a model asking for layers gets the same reason
+    assert err.reason == gpu.DRIVER_TOO_OLD and "R580" in str(err)
+
+
+def make_vulkan_site(root: Path) -> Path:
+    pkg = root / "pybonsai_vulkan"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"__version__ = {pybonsai.__version__!r}\nBACKEND = 'vulkan'\n"
+                                     "LIBRARY = 'libggml-vulkan.so'\n")
+    (pkg / "libggml-vulkan.so").write_bytes(b"not a library")
+    return root
+
+
+def test_vulkan_plugin_without_a_loader_says_so(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(make_vulkan_site(tmp_path)))
+    monkeypatch.setattr(gpu, "_load_vulkan_loader", lambda: (_ for _ in ()).throw(OSError("libvulkan.so.1: nope")))
+    monkeypatch.setattr(gpu, "_load_driver", _forbidden("_load_driver"))  # no NVIDIA check for Vulkan
+    monkeypatch.setattr(gpu, "_dlopen", _forbidden("_dlopen"))            # and no runtime preload
+    monkeypatch.setattr(gpu, "_load_backend", _forbidden("_load_backend"))
+    info = pybonsai.system_info()["gpu"]
+    assert info["plugin"]["backend"] == "vulkan" and info["runtime"] == []
+    assert info["unavailable"]["reason"] == gpu.DRIVER_MISSING and "libvulkan.so.1" in info["unavailable"]["message"]
+    err = reason_of(4)
+    assert err.reason == gpu.DRIVER_MISSING and "Vulkan loader" in str(err)
+
+
+def test_vulkan_plugin_with_a_loader_is_loaded_then_needs_a_device(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(make_vulkan_site(tmp_path)))
+    monkeypatch.setattr(gpu, "_load_vulkan_loader", lambda: object())
+    loads: list[str] = []
+    monkeypatch.setattr(gpu, "_load_backend", lambda path: loads.append(path) or "Vulkan")
+    err = reason_of(4)
+    assert loads == [str(tmp_path / "pybonsai_vulkan" / "libggml-vulkan.so")]
+    assert err.reason == gpu.NO_DEVICE and "Vulkan device" in str(err)
+
+
 # --- the plugin wheel's configuration ------------------------------------------------------------
 
 def _toml_string(text: str, key: str) -> str:
@@ -390,14 +444,15 @@ def _toml_string(text: str, key: str) -> str:
 
 def test_plugin_wheel_matches_this_version():
     v = pybonsai.__version__
-    plugin_toml = (PLUGIN_DIR / "pyproject.toml").read_text("utf-8")
+    plugin_toml = (PLUGIN_DIR / "cuda12" / "pyproject.toml").read_text("utf-8")
     assert _toml_string(plugin_toml, "name") == "pybonsai-cuda12"
     assert _toml_string(plugin_toml, "version") == v
     for dep in (f'"pybonsai=={v}"', '"nvidia-cuda-runtime-cu12>=', '"nvidia-cublas-cu12>='):
         assert dep in plugin_toml
-    assert f'cuda = ["pybonsai-cuda12=={v}"]' in (REPO / "pyproject.toml").read_text("utf-8")
+    assert 'PYBONSAI_PLUGIN_BACKEND = "cuda"' in plugin_toml and 'PYBONSAI_CUDA_MAJOR = "12"' in plugin_toml
+    assert f'cuda12 = ["pybonsai-cuda12=={v}"]' in (REPO / "pyproject.toml").read_text("utf-8")
     # the plugin's __init__.py is configured by CMake: version from pip, major from the project
-    init = (PLUGIN_DIR / "plugin_init.py.in").read_text("utf-8")
+    init = (PLUGIN_DIR / "backends" / "cuda_init.py.in").read_text("utf-8")
     assert '__version__ = "@SKBUILD_PROJECT_VERSION@"' in init and "CUDA_MAJOR = @PYBONSAI_CUDA_MAJOR@" in init
     for subdir, name in RUNTIME:  # the preload order gpu.py falls back on is the plugin's
         assert f'("{subdir}", "{name}"' in init
@@ -406,7 +461,8 @@ def test_plugin_wheel_matches_this_version():
     assert _toml_string(toml13, "name") == "pybonsai-cuda13" and _toml_string(toml13, "version") == v
     for dep in (f'"pybonsai=={v}"', '"nvidia-cuda-runtime>=13', '"nvidia-cublas>=13', 'PYBONSAI_CUDA_MAJOR = "13"'):
         assert dep in toml13
-    assert f'cuda13 = ["pybonsai-cuda13=={v}"]' in (REPO / "pyproject.toml").read_text("utf-8")
+    # pybonsai[cuda] is CUDA 13: the CUDA version whose whole compiler PyPI carries (README, GPU offload)
+    assert f'cuda = ["pybonsai-cuda13=={v}"]' in (REPO / "pyproject.toml").read_text("utf-8")
     assert '("cu13/lib", "libcudart.so.13", "nvidia-cuda-runtime")' in init
 
 
@@ -430,7 +486,8 @@ def test_plugin_cmake_configure(tmp_path, llama_cpp_dir):
         (stubs / f"lib{lib}.so").write_bytes(b"")
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
     build = tmp_path / "build"
-    cmd = [cmake, "-S", str(PLUGIN_DIR), "-B", str(build), f"-DCMAKE_CUDA_COMPILER={nvcc}",
+    cmd = [cmake, "-S", str(PLUGIN_DIR), "-B", str(build), "-DPYBONSAI_PLUGIN_BACKEND=cuda",
+           f"-DCMAKE_CUDA_COMPILER={nvcc}",
            f"-DCUDAToolkit_ROOT={Path(nvcc).resolve().parents[1]}",
            f"-DCUDA_cublas_LIBRARY={stubs / 'libcublas.so'}",
            f"-DCUDA_cublasLt_LIBRARY={stubs / 'libcublasLt.so'}",

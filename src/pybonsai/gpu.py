@@ -1,9 +1,12 @@
-"""GPU offload: finding, checking and loading the CUDA plugin (pybonsai-cuda12); Metal on macOS.
+"""GPU offload: finding, checking and loading a GPU plugin (CUDA or Vulkan); Metal on macOS.
 
-The base wheel ships CPU backends only. `pip install "pybonsai[cuda]"` adds the `pybonsai_cuda12`
-package (ggml's CUDA backend, libggml-cuda.so) and NVIDIA's runtime wheels (`nvidia-cuda-runtime-cu12`,
-`nvidia-cublas-cu12`, which unpack into the `nvidia` namespace package in site-packages);
-`pybonsai[cuda13]` the same for CUDA 13 (`pybonsai_cuda13`, nvidia/cu13/lib). Loading the plugin is
+The base wheel ships CPU backends only. `pip install "pybonsai[cuda]"` adds the `pybonsai_cuda13`
+package (ggml's CUDA backend, libggml-cuda.so) and NVIDIA's CUDA 13 runtime wheels (which unpack
+into nvidia/cu13/lib in site-packages; NVIDIA driver R580+); `pybonsai[cuda12]` the same for CUDA 12
+(`pybonsai_cuda12`, `nvidia-cuda-runtime-cu12`, `nvidia-cublas-cu12`; driver R525+);
+`pybonsai[vulkan]` adds `pybonsai_vulkan` (libggml-vulkan.so), which needs only the system's Vulkan
+loader (libvulkan.so.1) and a Vulkan driver: step 2 is skipped and step 3 checks the loader. When
+several plugins are installed, the first of PLUGIN_PACKAGES is used. Loading the plugin is
 lazy: only a model created with n_gpu_layers != 0 (or an explicit load()) does it:
 
   1. find the plugin (importlib; importing it loads no library) and check it matches this pybonsai;
@@ -33,10 +36,15 @@ from typing import Any, Optional
 
 from . import _core
 
-PLUGIN_PACKAGES = ("pybonsai_cuda12", "pybonsai_cuda13")  # the first one installed is used
+PLUGIN_PACKAGES = ("pybonsai_cuda12", "pybonsai_cuda13", "pybonsai_vulkan")  # the first installed is used
 PLUGIN_PACKAGE = PLUGIN_PACKAGES[0]
 INSTALL_HINT = 'pip install "pybonsai[cuda]"'
+INSTALL_CHOICES = ('pip install "pybonsai[cuda]" (NVIDIA, CUDA 13, driver R580+), "pybonsai[cuda12]" '
+                   '(NVIDIA, driver R525+) or "pybonsai[vulkan]" (AMD, Intel or NVIDIA through Vulkan)')
 DRIVER_LIBRARY = "libcuda.so.1"
+VULKAN_LOADER = "libvulkan.so.1"
+# The first NVIDIA driver branch of each CUDA major (the plugins run on any driver of that major on).
+DRIVER_BRANCH = {12: "R525", 13: "R580"}
 GPU_DEVICE_TYPES = ("gpu", "igpu")
 
 # Reasons, as GPUUnavailableError.reason and status()["reason"].
@@ -119,6 +127,20 @@ def _nvidia_dirs() -> list[Path]:
     return out
 
 
+def _backend(plugin: Any) -> str:
+    """'cuda' or 'vulkan': what a plugin package ships (CUDA plugins built before BACKEND existed: cuda)."""
+    return getattr(plugin, "BACKEND", "cuda")
+
+
+def _label(plugin: Any) -> str:
+    return "Vulkan" if _backend(plugin) == "vulkan" else "CUDA"
+
+
+def _load_vulkan_loader() -> Any:
+    """The system's Vulkan loader; raises OSError where it cannot be loaded."""
+    return ctypes.CDLL(VULKAN_LOADER)
+
+
 def _version_str(v: Optional[int]) -> Optional[str]:
     return None if v is None else f"{v // 1000}.{(v % 1000) // 10}"
 
@@ -142,6 +164,7 @@ def _plugin_info(plugin: Any) -> dict:
     library = Path(plugin.__file__).resolve().parent / getattr(plugin, "LIBRARY", "libggml-cuda.so")
     return {
         "package": getattr(plugin, "__name__", PLUGIN_PACKAGE),
+        "backend": _backend(plugin),
         "version": getattr(plugin, "__version__", None),
         "library": str(library),
         "library_exists": library.is_file(),
@@ -158,6 +181,8 @@ def _runtime_libraries(plugin: Any) -> list[tuple[str, str, str]]:
     default = (("cuda_runtime/lib", "libcudart.so.12", "nvidia-cuda-runtime-cu12"),
                ("cublas/lib", "libcublasLt.so.12", "nvidia-cublas-cu12"),
                ("cublas/lib", "libcublas.so.12", "nvidia-cublas-cu12"))
+    if _backend(plugin) != "cuda":
+        return []  # Vulkan: nothing but the system's loader, checked by _check_driver
     return [tuple(x) for x in getattr(plugin, "RUNTIME_LIBRARIES", default)]
 
 
@@ -211,32 +236,59 @@ def _check_plugin(plugin: Any) -> dict:
     from . import __version__
 
     info = _plugin_info(plugin)
+    label, package = _label(plugin), info["package"]
     if not info["library_exists"]:
-        raise _Unavailable(PLUGIN_MISSING, f"the CUDA plugin package {PLUGIN_PACKAGE} is installed but its "
+        raise _Unavailable(PLUGIN_MISSING, f"the {label} plugin package {package} is installed but its "
                            f"library {info['library']} is missing; reinstall it with {INSTALL_HINT}.")
     if info["version"] != __version__:
-        raise _Unavailable(PLUGIN_MISMATCH, f"the CUDA plugin {PLUGIN_PACKAGE} {info['version']} does not match "
+        raise _Unavailable(PLUGIN_MISMATCH, f"the {label} plugin {package} {info['version']} does not match "
                            f"pybonsai {__version__} (both are built from one llama.cpp tree); install the "
                            f'matching one: pip install "pybonsai[cuda]=={__version__}".')
     ours = getattr(_core, "LLAMA_CPP_COMMIT", None)
     if info["llama_cpp_commit"] and ours and info["llama_cpp_commit"] != ours:
-        raise _Unavailable(PLUGIN_MISMATCH, f"the CUDA plugin was built from llama.cpp {info['llama_cpp_commit']}, "
+        raise _Unavailable(PLUGIN_MISMATCH, f"the {label} plugin was built from llama.cpp {info['llama_cpp_commit']}, "
                            f"this pybonsai from {ours}; rebuild or reinstall the plugin from the same tree.")
     return info
 
 
+def _vulkan_loader_info() -> dict:
+    try:
+        _load_vulkan_loader()
+    except OSError as exc:
+        return {"found": False, "library": VULKAN_LOADER, "error": str(exc)}
+    return {"found": True, "library": VULKAN_LOADER, "error": None}
+
+
+def _too_old_message(plugin: Any, info: dict) -> Optional[str]:
+    """Why the found NVIDIA driver cannot run this CUDA plugin, or None when it can."""
+    need = getattr(plugin, "MIN_DRIVER_VERSION", 12000)
+    major = getattr(plugin, "CUDA_MAJOR", 12)
+    if info["version"] >= need and info["version"] // 1000 >= major:
+        return None
+    branch = DRIVER_BRANCH.get(major)
+    hint = ('; or install "pybonsai[cuda12]" (driver R525+)' if major > 12 else "")
+    return (f"the NVIDIA driver is too old: it supports CUDA {info['cuda']} (cuDriverGetVersion "
+            f"{info['version']}), the CUDA {major} plugin needs CUDA >= {_version_str(need)} ({need})"
+            + (f", i.e. driver {branch} or newer" if branch else "") + f"; update the NVIDIA driver{hint}.")
+
+
 def _check_driver(plugin: Any) -> dict:
+    if _backend(plugin) == "vulkan":
+        info = _vulkan_loader_info()
+        if not info["found"]:
+            raise _Unavailable(DRIVER_MISSING, f"the Vulkan loader was not found: {VULKAN_LOADER} could not be "
+                               f"loaded ({info['error']}). Install your GPU's Vulkan driver and loader "
+                               "(Debian/Ubuntu: libvulkan1 and mesa-vulkan-drivers for AMD/Intel, the NVIDIA "
+                               "driver for NVIDIA).")
+        return info
     info = _driver_info()
     if not info["found"]:
         raise _Unavailable(DRIVER_MISSING, f"the NVIDIA driver was not found: {DRIVER_LIBRARY} could not be "
                            f"loaded ({info['error']}). Install the NVIDIA driver; in a container, run it "
                            "with GPU access (e.g. docker run --gpus all, the NVIDIA container toolkit).")
-    need = getattr(plugin, "MIN_DRIVER_VERSION", 12000)
-    major = getattr(plugin, "CUDA_MAJOR", 12)
-    if info["version"] < need or info["version"] // 1000 < major:
-        raise _Unavailable(DRIVER_TOO_OLD, f"the NVIDIA driver is too old: it supports CUDA {info['cuda']} "
-                           f"(cuDriverGetVersion {info['version']}), the CUDA {major} plugin needs CUDA >= "
-                           f"{_version_str(need)} ({need}); update the NVIDIA driver.")
+    too_old = _too_old_message(plugin, info)
+    if too_old:
+        raise _Unavailable(DRIVER_TOO_OLD, too_old)
     return info
 
 
@@ -246,7 +298,8 @@ def _load_plugin(info: dict) -> str:
         try:
             _loaded_backend = _load_backend(info["library"])
         except (RuntimeError, OSError) as exc:  # _core.LlamaError is a RuntimeError
-            raise _Unavailable(PLUGIN_LOAD_FAILED, f"the CUDA plugin {info['library']} failed to load: "
+            raise _Unavailable(PLUGIN_LOAD_FAILED, f"the {'Vulkan' if info.get('backend') == 'vulkan' else 'CUDA'} "
+                               f"plugin {info['library']} failed to load: "
                                f"{str(exc).strip()}") from None
     return _loaded_backend
 
@@ -286,13 +339,17 @@ def load() -> dict:
                     raise problem
                 plugin = _find_plugin()
                 if plugin is None:
-                    raise _Unavailable(PLUGIN_MISSING, "the CUDA plugin is not installed: "
-                                       f"{INSTALL_HINT} (adds pybonsai-cuda12 and NVIDIA's CUDA 12 runtime "
-                                       "wheels; needs an NVIDIA driver).")
+                    raise _Unavailable(PLUGIN_MISSING, "no GPU plugin is installed: "
+                                       f"{INSTALL_CHOICES}.")
                 info = _check_plugin(plugin)
                 _preload_runtime(plugin)  # before the driver check: proves the wheels' libraries load
                 _check_driver(plugin)
                 _load_plugin(info)
+                if not _gpu_devices() and _backend(plugin) == "vulkan":
+                    raise _Unavailable(NO_DEVICE, "the Vulkan backend loaded but sees no Vulkan device "
+                                       "(vulkaninfo --summary lists what the loader finds; "
+                                       "GGML_VK_VISIBLE_DEVICES selects devices). "
+                                       + (_core.take_log() or "").strip())
                 if not _gpu_devices():
                     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
                     raise _Unavailable(NO_DEVICE, "the CUDA backend loaded but sees no CUDA device "
@@ -365,14 +422,21 @@ def status() -> dict:
             if plugin is not None:
                 out["plugin"] = _plugin_info(plugin)
                 out["runtime"] = _locate_runtime(plugin)
-            out["driver"] = _driver_info()
+            vulkan = plugin is not None and _backend(plugin) == "vulkan"
+            out["driver"] = _vulkan_loader_info() if vulkan else _driver_info()
             if out["unavailable"] is None and not out["devices"]:  # why not, as far as known unloaded
                 if plugin is None:
-                    out["unavailable"] = {"reason": PLUGIN_MISSING, "message": f"the CUDA plugin is not "
-                                          f"installed: {INSTALL_HINT}"}
+                    out["unavailable"] = {"reason": PLUGIN_MISSING, "message": f"no GPU plugin is "
+                                          f"installed: {INSTALL_CHOICES}"}
                 elif not out["driver"]["found"]:
-                    out["unavailable"] = {"reason": DRIVER_MISSING, "message": f"the NVIDIA driver was not "
-                                          f"found: {DRIVER_LIBRARY} could not be loaded ({out['driver']['error']})"}
+                    missing = VULKAN_LOADER if vulkan else DRIVER_LIBRARY
+                    what = "Vulkan loader" if vulkan else "NVIDIA driver"
+                    out["unavailable"] = {"reason": DRIVER_MISSING, "message": f"the {what} was not "
+                                          f"found: {missing} could not be loaded ({out['driver']['error']})"}
+                elif not vulkan and _too_old_message(plugin, out["driver"]):
+                    # reported before any load attempt too: a report names the fix before a model fails
+                    out["unavailable"] = {"reason": DRIVER_TOO_OLD,
+                                          "message": _too_old_message(plugin, out["driver"])}
     except Exception as exc:  # a report must not fail: say what went wrong instead
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA plugin end to end, in one command, on a machine with or without a GPU:
-#   1. assemble the CUDA toolkit (wheels/cuda/toolchain.py: PyPI wheels for CUDA 13, NVIDIA's
+#   1. assemble the CUDA toolkit (wheels/plugin/toolchain.py: PyPI wheels for CUDA 13, NVIDIA's
 #      redistributable archives for CUDA 12, whose compiler is not on PyPI);
 #   2. build the plugin wheel (pybonsai-cuda<major>) from a clone of the current commit, repair it
 #      with auditwheel (NVIDIA's libraries and libggml-base.so excluded: they come from the
@@ -12,7 +12,7 @@
 #      the CPU with one warning, Llama(n_gpu_layers=N>0) -> GPUUnavailableError. With a GPU and
 #      driver, the same script checks that layers are offloaded instead.
 #
-# Usage: wheels/cuda/build_and_test.sh [WORKDIR]        (default: a new folder under /tmp)
+# Usage: wheels/plugin/build_and_test_cuda.sh [WORKDIR]        (default: a new folder under /tmp)
 # Environment:
 #   CUDA_MAJOR=13|12          plugin to build (default 13)
 #   CUDA_ARCHS="90-real"      CMAKE_CUDA_ARCHITECTURES (default: the shipped list in CMakeLists.txt)
@@ -41,10 +41,9 @@ if [ -z "${PLUGIN_WHEEL:-}" ] || [ -z "${BASE_WHEEL:-}" ]; then
 fi
 
 if [ -z "${PLUGIN_WHEEL:-}" ]; then
-  toolkit="$(python "$work/src/wheels/cuda/toolchain.py" --cuda "$major" "${TOOLCHAIN_DIR:-$work/toolchain}" | tail -1)"
+  toolkit="$(python "$work/src/wheels/plugin/toolchain.py" --cuda "$major" "${TOOLCHAIN_DIR:-$work/toolchain}" | tail -1)"
   echo "== CUDA toolkit: $toolkit ($("$toolkit/bin/nvcc" --version | tail -1))"
-  project="$work/src/wheels/cuda"
-  [ "$major" = 12 ] || project="$project/cuda$major"
+  project="$work/src/wheels/plugin/cuda$major"
   archs=()
   [ -n "${CUDA_ARCHS:-}" ] && archs=(-Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS")
   start=$(date +%s)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Assemble a CUDA toolkit that CMake's FindCUDAToolkit accepts, without a system install.
 
-    python wheels/cuda/toolchain.py --cuda 13 DEST     # prints the toolkit root on its last line
+    python wheels/plugin/toolchain.py --cuda 13 DEST     # prints the toolkit root on its last line
 
 CUDA 13: everything from NVIDIA's wheels on PyPI (nvidia-cuda-nvcc, -crt, nvidia-nvvm, -cuda-runtime,
 -cuda-cccl, -cublas), installed with `pip install --target DEST/site`. They all unpack into
