@@ -193,7 +193,7 @@ class Engine:
         self._closing = False
         self._close_lock = threading.Lock()
         self._fatal: Optional[BaseException] = None
-        self._pickers = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="pybonsai-grammar")
+        self._pickers = ThreadPoolExecutor(max_workers=min(2, n_parallel), thread_name_prefix="pybonsai-grammar")
         self.stats = _Stats()
         self._thread = threading.Thread(target=self._run, name="pybonsai-engine", daemon=True)
         self._thread.start()
