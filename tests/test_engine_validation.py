@@ -44,6 +44,14 @@ def test_bounds_are_openai_and_refused_before_any_work(engine):
             make()
         assert (e.value.param, e.value.code) == (param, code)
         assert time.monotonic() - t0 < 1.0  # generous: the checks are linear scans, no model work
+    # too long to fit even as the vocabulary's longest tokens: refused before tokenizing / rendering
+    for make, param in [(lambda: engine.completion_job("word " * 700_000), "prompt"),
+                        (lambda: engine.chat_completion_job([{"role": "user", "content": "word " * 60}] * 4000),
+                         "messages")]:
+        t0 = time.monotonic()
+        with pytest.raises(ParamError, match="exceed context window") as e:
+            make()
+        assert e.value.param == param and time.monotonic() - t0 < 1.0
     # at the bounds: accepted
     got = engine.create_completion("hi", max_tokens=2, temperature=0, logprobs=5, stop=["a", "b", "c", "d"])
     assert len(got["choices"][0]["logprobs"]["top_logprobs"][0]) >= 5

@@ -35,7 +35,7 @@ from .echo_logprobs import PromptLogprobs
 from .limits import RequestLimits
 from .llama import Llama, _default_threads
 from .logits import check_logit_bias
-from .request_checks import check_arguments, check_job, check_prompt_size, grammar_param
+from .request_checks import check_arguments, check_job, check_messages_size, check_prompt_size, grammar_param
 from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalties, resolve_seed
 
 __all__ = ["Engine", "EngineClosed", "QueueFull", "RequestHandle"]
@@ -211,6 +211,7 @@ class Engine:
     def chat_completion_job(self, messages: Sequence[dict], **kwargs: Any) -> CompletionJob:
         """Validate create_chat_completion arguments for this engine."""
         check_arguments(self.limits, kwargs, chat=True)
+        check_messages_size(messages, self.n_ctx_per_seq, self._longest_piece)
         job = completions.chat_completion_job(self.llm, self.n_ctx_per_seq, messages, **kwargs)
         check_job(job, self.limits, self.llm.n_vocab(), grammar_param(kwargs))
         return job

@@ -12,7 +12,7 @@ from .limits import ParamError, RequestLimits
 if TYPE_CHECKING:
     from .completions import CompletionJob
 
-__all__ = ["check_arguments", "check_job", "check_prompt_size", "grammar_param"]
+__all__ = ["check_arguments", "check_job", "check_messages_size", "check_prompt_size", "grammar_param"]
 
 
 def _grammar_source(grammar: Any) -> Any:
@@ -66,7 +66,17 @@ def check_job(job: "CompletionJob", limits: RequestLimits, n_vocab: int, grammar
         limits.check_grammar(job.grammar[0], grammar_from)
 
 
-def check_prompt_size(prompt: Any, n_ctx: int, longest_piece: Callable[[], int]) -> None:
+def check_messages_size(messages: Any, n_ctx: int, longest_piece: Callable[[], int]) -> None:
+    """check_prompt_size for a chat, before its template is rendered (pure Python: seconds for
+    thousands of messages): the user and tool messages' text, which chat templates render
+    verbatim (some drop parts of assistant turns, e.g. earlier reasoning, or system messages)."""
+    if not isinstance(messages, (list, tuple)) or len(messages) <= 4:
+        return
+    texts = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in ("user", "tool")]
+    check_prompt_size("".join(t for t in texts if isinstance(t, str)), n_ctx, longest_piece, "messages")
+
+
+def check_prompt_size(prompt: Any, n_ctx: int, longest_piece: Callable[[], int], param: str = "prompt") -> None:
     """A text prompt that needs more than `n_ctx` tokens even if every token were the
     vocabulary's longest is refused before it is tokenized (a 4 MB body would take seconds)."""
     if not isinstance(prompt, str) or len(prompt) <= 4 * n_ctx:  # (short ones: tokenizing is cheap)
@@ -74,8 +84,8 @@ def check_prompt_size(prompt: Any, n_ctx: int, longest_piece: Callable[[], int])
     try:
         n_bytes = len(prompt.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise ParamError(f"prompt is not valid Unicode text: {exc}", "prompt") from None
+        raise ParamError(f"{param} is not valid Unicode text: {exc}", param) from None
     at_least = -(-n_bytes // max(longest_piece(), 1))
     if at_least > n_ctx:
-        raise ParamError(f"Requested tokens (at least {at_least}) exceed context window of {n_ctx}", "prompt",
+        raise ParamError(f"Requested tokens (at least {at_least}) exceed context window of {n_ctx}", param,
                          "context_length_exceeded")
