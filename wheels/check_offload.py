@@ -37,11 +37,26 @@ def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 def run_logits(model: str, n_gpu_layers: int, tokens: list[int]) -> tuple[np.ndarray, float]:
     from pybonsai import Llama
-    with Llama(model, n_gpu_layers=n_gpu_layers, n_ctx=256, n_batch=256, logits_all=True) as llm:
+    # n_batch=16: below ggml's op-offload threshold (32 rows), so layers left on the CPU by a partial
+    # offload really run on the CPU (a bigger batch would copy their weights to the device and run
+    # them there too), and the device run is the split graph a partial offload means.
+    with Llama(model, n_gpu_layers=n_gpu_layers, n_ctx=256, n_batch=16, logits_all=True) as llm:
         start = time.perf_counter()
         llm.eval(tokens)
         seconds = time.perf_counter() - start
         return llm.scores[:len(tokens)].copy(), seconds
+
+
+def cpu_reference(model: str, tokens: list[int]) -> tuple[np.ndarray, float]:
+    """The CPU path's logits, from a process that never loads a GPU backend: in this one, with the
+    plugin loaded, n_gpu_layers=0 would still let llama.cpp offload big batches' matrix products
+    to the device (op_offload), and the reference would not be the CPU's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cpu.npy"
+        subprocess.run([sys.executable, __file__, "--cpu-reference", model, json.dumps(tokens), str(out)],
+                       check=True)
+        seconds = json.loads(out.with_suffix(".json").read_text())
+        return np.load(out), seconds
 
 
 def backend_devices(backend: str) -> list[dict]:
@@ -63,7 +78,7 @@ def check(backend: str, model: str, ngl: int, kl_max: float) -> dict:
         vocab = llm.n_vocab()
         free_loaded = backend_devices(backend)[0]["memory_free"]
     tokens = [int(t) for t in rng.integers(10, vocab - 10, size=48)]
-    cpu, cpu_s = run_logits(model, 0, tokens)
+    cpu, cpu_s = cpu_reference(model, tokens)
     dev, dev_s = run_logits(model, ngl, tokens)
     kl = mean_kl(cpu, dev)
     out = {"backend": backend, "device": devices[0]["name"], "description": devices[0].get("description"),
@@ -78,16 +93,23 @@ def check(backend: str, model: str, ngl: int, kl_max: float) -> dict:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--cpu-reference"]:  # the child process of cpu_reference()
+        model, tokens, out = sys.argv[2], json.loads(sys.argv[3]), Path(sys.argv[4])
+        logits, seconds = run_logits(model, 0, tokens)
+        np.save(out, logits)
+        out.with_suffix(".json").write_text(json.dumps(seconds))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=sorted(BACKEND_NAMES), required=True)
-    ap.add_argument("--model", help="a GGUF (default: the tiny synthetic Q1_0 model, made here)")
+    ap.add_argument("--model", help="a GGUF (default: a synthetic model of --shape, made here)")
+    ap.add_argument("--shape", default="tiny", help="pybonsai.synth shape: tiny (Q1_0), ternary-tiny (Q2_0)")
     ap.add_argument("--ngl", type=int, default=-1, help="n_gpu_layers (default -1: all)")
     ap.add_argument("--kl-max", type=float, default=1e-3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(Path(tmp) / "tiny.gguf")
+        model = args.model or str(Path(tmp) / f"{args.shape}.gguf")
         if not args.model:
-            subprocess.run([sys.executable, "-m", "pybonsai.synth", model, "--shape", "tiny", "--seed", "0",
+            subprocess.run([sys.executable, "-m", "pybonsai.synth", model, "--shape", args.shape, "--seed", "0",
                             "--force"], check=True, stdout=subprocess.DEVNULL)
         print(json.dumps(check(args.backend, model, args.ngl, args.kl_max)))
     return 0

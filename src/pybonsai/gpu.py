@@ -298,6 +298,12 @@ def _load_plugin(info: dict) -> str:
         try:
             _loaded_backend = _load_backend(info["library"])
         except (RuntimeError, OSError) as exc:  # _core.LlamaError is a RuntimeError
+            if info.get("backend") == "vulkan" and "ggml_backend_init returned NULL" in str(exc):
+                # ggml-vulkan's registration fails when vkCreateInstance does: the loader found no
+                # Vulkan driver (ICD) at all. That is "no device", not a broken plugin.
+                raise _Unavailable(NO_DEVICE, "no Vulkan GPU: the Vulkan loader found no Vulkan driver "
+                                   "(vkCreateInstance failed; vulkaninfo --summary shows what it finds). "
+                                   "Install your GPU's Vulkan driver (Mesa: mesa-vulkan-drivers).") from None
             raise _Unavailable(PLUGIN_LOAD_FAILED, f"the {'Vulkan' if info.get('backend') == 'vulkan' else 'CUDA'} "
                                f"plugin {info['library']} failed to load: "
                                f"{str(exc).strip()}") from None
@@ -346,9 +352,10 @@ def load() -> dict:
                 _check_driver(plugin)
                 _load_plugin(info)
                 if not _gpu_devices() and _backend(plugin) == "vulkan":
-                    raise _Unavailable(NO_DEVICE, "the Vulkan backend loaded but sees no Vulkan device "
-                                       "(vulkaninfo --summary lists what the loader finds; "
-                                       "GGML_VK_VISIBLE_DEVICES selects devices). "
+                    raise _Unavailable(NO_DEVICE, "the Vulkan backend loaded but sees no Vulkan GPU "
+                                       "(vulkaninfo --summary lists what the loader finds; a CPU-type "
+                                       "device such as Mesa's lavapipe is used only when "
+                                       "GGML_VK_VISIBLE_DEVICES names it, e.g. GGML_VK_VISIBLE_DEVICES=0). "
                                        + (_core.take_log() or "").strip())
                 if not _gpu_devices():
                     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
