@@ -3,9 +3,10 @@ alone, and beside each hostile request (and beside heavy requests within the lim
 
     python benchmarks/noisy_neighbour.py [--model tiny.gguf] [--threads 1] [--reps 3]
 
-For each neighbour: it is sent, the victim starts once the neighbour is in flight (0.3 s later,
-or at once when it was already answered), and the victim's wall time is the median over `reps`
-runs; its ratio is to the victim alone, measured in the same run. A refused neighbour's status and
+For each neighbour and repetition: the victim alone, then the neighbour is sent and the victim
+starts once it is in flight (0.3 s later, or at once when it was already answered); the ratio is
+the median over `reps` of (victim beside / victim alone just before), so that a shared machine's
+changing load moves both alike. A refused neighbour's status and
 answer time are reported. The server's RSS is sampled every 20 ms: peak over the run vs idle
 (after start-up). Target: victim <= 1.5x alone beside every neighbour, or the neighbour refused
 (4xx) within 100 ms; peak RSS <= 1.2x idle. Default model: the tiny synthetic Qwen3 (Q1_0, the
@@ -145,18 +146,22 @@ def main() -> None:
         idle = server.rss()
         alone = statistics.median(victim_time(server.base) for _ in range(args.reps))
         print(f"victim alone: {alone * 1000:.0f} ms (median of {args.reps}); server RSS idle {idle / 2**20:.0f} MiB")
-        print("\n| neighbour | its answer | its time | victim | victim / alone | peak RSS / idle |")
+        print("\n| neighbour | its answer | its time | victim | victim / alone just before | peak RSS / idle |")
         print("|---|---|---|---|---|---|")
         peak = server.peak
         for name, path, body in neighbours():
             if args.only not in name:
                 continue
             server.peak = server.rss()
-            runs = [beside(server.base, path, body) for _ in range(args.reps)]
+            runs, ratios = [], []
+            for _ in range(args.reps):  # each beside-run right after an alone-run: the machine's load
+                before = victim_time(server.base)  # changes less between the two
+                runs.append(beside(server.base, path, body))
+                ratios.append(runs[-1][0] / before)
             victim = statistics.median(r[0] for r in runs)
             status, seconds = runs[-1][1], statistics.median(r[2] for r in runs)
-            print(f"| {name} | {status} | {seconds * 1000:.0f} ms | {victim * 1000:.0f} ms | {victim / alone:.2f}x "
-                  f"| {server.peak / idle:.2f}x |", flush=True)
+            print(f"| {name} | {status} | {seconds * 1000:.0f} ms | {victim * 1000:.0f} ms | "
+                  f"{statistics.median(ratios):.2f}x | {server.peak / idle:.2f}x |", flush=True)
             peak = max(peak, server.peak)
         print(f"\npeak server RSS over the run {peak / 2**20:.0f} MiB = {peak / idle:.2f}x idle")
     finally:
