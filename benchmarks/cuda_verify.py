@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Everything the CUDA plugin needs checked, in one command; on a GPU machine it runs for real.
 
-    python benchmarks/cuda_verify.py [--build] [--out DIR] [--models tiny,8b]
+    python benchmarks/cuda_verify.py [--backend cuda|vulkan] [--build] [--out DIR] [--models tiny,8b]
 
 Steps (each prints "ok", "FAILED" or "skipped: <why>"; a JSON + Markdown summary goes to --out):
   1. wheels      (--build) wheels/plugin/build_and_test_cuda.sh: toolkit, plugin wheel, repaired, installed
@@ -15,6 +15,12 @@ Steps (each prints "ok", "FAILED" or "skipped: <why>"; a JSON + Markdown summary
   6. vram        device memory used while the 8B-shaped model is loaded (nvidia-smi).
 The acceptance rule for making our kernel the default (q1_0_mmv.cu): mean KL <= 1e-3 vs the CPU and
 tg128 faster than upstream's path.
+
+--backend vulkan checks the Vulkan plugin instead, on any Vulkan device (Mesa's lavapipe included:
+GGML_VK_VISIBLE_DEVICES=0 is set when unset): 1. wheels (--build) wheels/plugin/build_and_test_vulkan.sh;
+4. logits: wheels/check_offload.py --backend vulkan on each model, all layers and about half (mean KL
+vs the CPU path, eval time next to the CPU's; lavapipe is a correctness device, not a speed one).
+The CUDA-only steps are skipped.
 """
 from __future__ import annotations
 
@@ -51,7 +57,8 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def step_wheels(args, gpu: bool) -> dict:
     if not args.build:
         return {"status": "skipped: --build not given"}
-    res = run(["bash", str(ROOT / "wheels" / "cuda" / "build_and_test.sh"), str(args.out / "wheels")],
+    script = "build_and_test_vulkan.sh" if args.backend == "vulkan" else "build_and_test_cuda.sh"
+    res = run(["bash", str(ROOT / "wheels" / "plugin" / script), str(args.out / "wheels")],
               env={**os.environ, "CUDA_MAJOR": args.cuda_major})
     (args.out / "wheels.log").write_text(res.stdout + res.stderr)
     return {"status": "ok" if res.returncode == 0 else "FAILED", "log": str(args.out / "wheels.log"),
@@ -202,6 +209,24 @@ def step_vram(args, gpu: bool) -> dict:
     return out
 
 
+def step_vulkan_logits(args, gpu: bool) -> dict:
+    """wheels/check_offload.py on each model, with every layer and with about half offloaded."""
+    env = {**os.environ, "GGML_VK_VISIBLE_DEVICES": os.environ.get("GGML_VK_VISIBLE_DEVICES", "0")}
+    out: dict = {"status": "ok", "models": {}}
+    for shape in args.models:
+        model = synth_model(args, shape)
+        n_layer = {"tiny": 2, "ternary-tiny": 2}.get(shape, 28)
+        for ngl in (-1, n_layer // 2 + 1):  # llama.cpp offloads the last N of n_layer blocks + output
+            res = run([sys.executable, str(ROOT / "wheels" / "check_offload.py"), "--backend", "vulkan",
+                       "--model", str(model), "--ngl", str(ngl)], env=env)
+            if res.returncode != 0:
+                out["status"] = "FAILED"
+                out["models"][f"{shape}@{ngl}"] = (res.stdout + res.stderr)[-600:]
+            else:
+                out["models"][f"{shape}@{ngl}"] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
 def markdown(summary: dict) -> str:
     lines = ["| step | result |", "|---|---|"]
     for name, res in summary["steps"].items():
@@ -215,6 +240,7 @@ def main() -> int:
         worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1")
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", choices=("cuda", "vulkan"), default="cuda")
     ap.add_argument("--build", action="store_true", help="build and install-test the wheels first (long)")
     ap.add_argument("--cuda-major", default="13")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "pybonsai-cuda-verify")
@@ -224,12 +250,15 @@ def main() -> int:
     args.models = args.models.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     args.models_dir = args.models_dir or args.out
-    gpu = has_gpu()
+    gpu = has_gpu() if args.backend == "cuda" else True  # vulkan: check_offload says if there is no device
     print(f"== GPU: {'yes' if gpu else 'no (nvidia-smi -L lists none)'}; results in {args.out}")
     summary: dict = {"gpu": gpu, "steps": {}}
-    for name, fn in (("wheels", step_wheels), ("emulated kernels", step_emulated), ("native harness", step_harness),
-                     ("logits + speed", step_logits_and_speed), ("llama-bench (upstream)", step_llama_bench),
-                     ("vram", step_vram)):
+    steps = (("wheels", step_wheels), ("emulated kernels", step_emulated), ("native harness", step_harness),
+             ("logits + speed", step_logits_and_speed), ("llama-bench (upstream)", step_llama_bench),
+             ("vram", step_vram))
+    if args.backend == "vulkan":
+        steps = (("wheels", step_wheels), ("logits + speed", step_vulkan_logits))
+    for name, fn in steps:
         print(f"== {name}", flush=True)
         try:
             res = fn(args, gpu)
