@@ -289,6 +289,7 @@ class CompletionJob:
     stopping_criteria: Optional[StoppingCriteria] = None
     reasoning: bool = False
     tool_names: frozenset = frozenset()
+    draft_max: Optional[int] = None   # the Engine's per-request draft cap (llama-server's speculative.n_max)
 
     def chat_output(self) -> ChatOutput:
         return ChatOutput(reasoning=self.reasoning, tool_names=self.tool_names)

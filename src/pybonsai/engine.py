@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from . import _core, completions, kv_cache, model_info
+from .engine_speculation import EngineSpeculation, SlotDrafting
 from .completions import CompletionJob, TokenTextStream, _Step, _Usage
 from .echo_logprobs import PromptLogprobs
 from .limits import RequestLimits
@@ -124,6 +125,7 @@ class _Slot:
     sampling: Optional[Future] = None                 # a pick (grammar) / logprobs, off the step
     echo: Optional[PromptLogprobs] = None             # echo=True + logprobs: the prompt's logprobs
     echo_rows: tuple = ()                             # batch rows of the prompt tokens in this step
+    drafting: Optional[SlotDrafting] = None           # speculative decoding (engine_speculation)
 
 
 class Engine:
@@ -151,7 +153,7 @@ class Engine:
                  n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, chat_template: Optional[str] = None,
                  flash_attn: Union[bool, str, None] = None, max_queue: int = 64, prefill_chunk: int = 256,
                  verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None,
-                 limits: Optional[RequestLimits] = None) -> None:
+                 limits: Optional[RequestLimits] = None, draft_model: Any = None, draft_max: int = 8) -> None:
         for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
                         ("prefill_chunk", prefill_chunk)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
@@ -159,6 +161,7 @@ class Engine:
         if limits is not None and not isinstance(limits, RequestLimits):
             raise TypeError(f"limits must be a pybonsai.limits.RequestLimits, got {type(limits).__name__}")
         self.limits = limits or RequestLimits()
+        self._spec = EngineSpeculation.make(draft_model, draft_max)  # "ngram" or a drafter; None: off
         # ValueError before anything loads (the default counts as off until the model is known)
         kv = kv_cache.resolve(type_k, type_v, False if flash_attn is None else flash_attn)
         if n_parallel > 256:
@@ -297,6 +300,11 @@ class Engine:
         return sum(s.handle is not None for s in self._slots)
 
     @property
+    def draft_counts(self) -> tuple[int, int]:
+        """(drafted, accepted) tokens of speculative decoding so far (0, 0 when it is off)."""
+        return (self._spec.drafted, self._spec.accepted) if self._spec is not None else (0, 0)
+
+    @property
     def n_waiting(self) -> int:
         return len(self._waiting)
 
@@ -393,6 +401,10 @@ class Engine:
                 slot.handle, slot.sampler, slot.stream = handle, handle._sampler, handle._stream
                 slot.echo = handle._echo
                 slot.pending, slot.pos, slot.last = list(handle.job.prompt_tokens), 0, -1
+                job = handle.job
+                if self._spec is not None and job.grammar is None and job.logprobs is None and job.draft_max != 0 \
+                        and slot.echo is None and not self.llm.is_recurrent:  # the step's fast path only
+                    slot.drafting = self._spec.start(job.prompt_tokens, job.draft_max)
                 if slot.stream.done:  # no room to generate anything
                     self._release(slot, event=slot.stream.finish())
 
@@ -404,18 +416,23 @@ class Engine:
     def _release(self, slot: _Slot, event: Event) -> None:
         handle = slot.handle
         slot.handle, slot.stream, slot.sampler, slot.pending, slot.sampling = None, None, None, [], None
-        slot.echo, slot.echo_rows = None, ()
+        slot.echo, slot.echo_rows, slot.drafting = None, (), None
         self._ctx.seq_rm(slot.seq, 0, -1)
         slot.pos = 0
         handle._emit(event)
 
     def _build_batch(self):
         tokens, pos, seqs, want, rows = [], [], [], [], []
-        for slot in self._slots:
-            if slot.handle is not None and not slot.pending and slot.sampling is None:
-                rows.append((slot, len(tokens)))
-                tokens.append(slot.last)
-                pos.append(slot.pos)
+        generating = [s for s in self._slots if s.handle is not None and not s.pending and s.sampling is None]
+        for slot in generating:
+            rows.append((slot, len(tokens)))
+            drafts = ()
+            if slot.drafting is not None:  # its next token, then the drafts after it (all with logits)
+                room = min(self.n_ctx_per_seq - slot.pos - 1, self.n_batch - len(generating) - len(tokens))
+                drafts = slot.drafting.drafts = self._spec.propose(slot.drafting, room)
+            for i, t in enumerate((slot.last, *drafts)):
+                tokens.append(t)
+                pos.append(slot.pos + i)
                 seqs.append(slot.seq)
                 want.append(True)
         budget = min(self.prefill_chunk, self.n_batch - len(tokens))
@@ -445,12 +462,15 @@ class Engine:
         t0 = time.monotonic()
         try:
             self._ctx.decode_batch(tokens, pos, seqs, want)
+            if self._spec is not None:
+                self._spec.cost.add(len(tokens), time.monotonic() - t0)
         except Exception as exc:  # the worker survives; the requests in this batch fail
             for slot in self._slots:  # (or, when close() aborted the decode, end as cancelled)
                 if slot.handle is not None and slot.seq in set(seqs):
                     self._release(slot, event=slot.stream.finish("cancelled") if self._stop else exc)
             return
-        self.stats.prompt_tokens += len(tokens) - sum(1 for s, _ in rows if s.last >= 0)
+        self.stats.prompt_tokens += len(tokens) - sum(
+            1 + (len(s.drafting.drafts) if s.drafting is not None else 0) for s, _ in rows if s.last >= 0)
         echoes = {}
         for slot in self._slots:
             if slot.echo_rows:
@@ -467,6 +487,9 @@ class Engine:
                     continue
                 token = slot.sampler.sample(self._ctx, row)
                 step = slot.stream.push(token)
+                if slot.drafting is not None and slot.drafting.drafts:
+                    self._advance_drafted(slot, row, token, step)
+                    continue
             except Exception as exc:
                 self._release(slot, event=exc)
                 continue
@@ -507,8 +530,27 @@ class Engine:
             if token is not None:
                 self._advance(slot, token, step)
 
+    def _advance_drafted(self, slot: _Slot, row: int, token: int, step: Optional[_Step]) -> None:
+        """Verify a slot's drafts (batch rows row+1..): sample each next position while the last
+        sample equals the draft there; drop the KV cells of the drafts after the last kept one."""
+        drafting = slot.drafting
+        drafts, first, accepted = drafting.drafts, slot.pos, 0  # first: the first draft's position
+        while True:
+            self._advance(slot, token, step)
+            if slot.handle is None or accepted == len(drafts) or token != drafts[accepted]:
+                break
+            accepted += 1
+            token = slot.sampler.sample(self._ctx, row + accepted)
+            step = slot.stream.push(token)
+        self._spec.settle(drafting, accepted)
+        if slot.handle is not None:  # (a finished request's cells are already gone)
+            self._ctx.seq_rm(slot.seq, first + accepted, -1)
+            slot.pos = first + accepted
+
     def _advance(self, slot: _Slot, token: int, step: Optional[_Step]) -> None:
         """The slot's request sampled `token`, which made `step`."""
+        if slot.drafting is not None:
+            slot.drafting.history.append(token)
         handle = slot.handle
         if handle.first_token_at is None:
             handle.first_token_at = time.monotonic()

@@ -40,9 +40,11 @@ class DraftLength:
     alpha (independently, until the first rejection); verifying k drafts costs 1 + cost*k single
     steps. k maximizes (1 + alpha + ... + alpha^k) / (1 + cost*k) over 0..max_len."""
 
-    def __init__(self, max_len: int, cost: float = 0.25, decay: float = 0.9, adaptive: bool = True):
+    def __init__(self, max_len: int, cost: float = 0.25, decay: float = 0.9, adaptive: bool = True,
+                 measure: bool = True):
         self.max_len = max_len
         self.adaptive = adaptive  # False: always max_len (tests, benchmarks)
+        self.measure = measure    # False: `cost` is set from outside (the Engine's step timings)
         self.cost = cost
         self.decay = decay
         self._hits = 0.0    # decayed counts of drafted tokens accepted / tested
@@ -69,7 +71,7 @@ class DraftLength:
         if not self.adaptive:
             return self.max_len
         self._rounds += 1
-        if self._t_single is None or self._rounds % REMEASURE_EVERY == 0:
+        if self.measure and (self._t_single is None or self._rounds % REMEASURE_EVERY == 0):
             return 0  # a plain step: measures what one token costs
         k = self.best()
         if k == 0:
@@ -82,12 +84,14 @@ class DraftLength:
     def record(self, drafted: int, accepted: int, seconds: float) -> None:
         """One round: `drafted` tokens proposed, `accepted` kept, `seconds` to draft and verify."""
         if drafted == 0:
+            if not self.measure:
+                return
             self._t_single = seconds if self._t_single is None else 0.8 * self._t_single + 0.2 * seconds
             return
         tests = accepted + (1 if accepted < drafted else 0)
         self._hits = self.decay * self._hits + accepted
         self._tests = self.decay * self._tests + tests
-        if self._t_single:
+        if self.measure and self._t_single:
             observed = (seconds / self._t_single - 1.0) / drafted
             self.cost = min(2.0, max(MIN_COST, 0.8 * self.cost + 0.2 * observed))
 

@@ -207,6 +207,8 @@ class _Api:
             ("tokens_per_second", "gauge", "Generated tokens per second over the last 10 s",
              round(s.tokens_per_second(), 3)),
             ("slots", "gauge", "Sequences (--parallel)", e.n_parallel),
+            ("draft_tokens_total", "counter", "Tokens drafted for speculative decoding (--spec)", e.draft_counts[0]),
+            ("draft_tokens_accepted_total", "counter", "Drafted tokens accepted", e.draft_counts[1]),
         ]
         lines = []
         for name, kind, help_, value in rows:

@@ -57,6 +57,7 @@ _COMMON = {
     "stream": ((bool,), "a boolean"),
     "n": ((int,), "an integer"),
     "stream_options": ((dict,), "an object"),
+    "speculative.n_max": ((int,), "an integer"),  # llama-server's per-request draft cap (0: no drafting)
 }
 # Structured output (pybonsai.structured): `grammar` is llama.cpp server's GBNF field.
 _CONSTRAINTS = {"logit_bias": ((dict,), "an object"), "grammar": ((str,), "a string")}
@@ -141,6 +142,14 @@ def job_error(exc: Exception, body: dict[str, Any], param: Optional[str] = None)
     return APIError(400, message, param=named or param, code="invalid_value")
 
 
+def _draft_max(fields: dict[str, Any]) -> Optional[int]:
+    n_max = fields.pop("speculative.n_max", None)
+    if n_max is not None and n_max < 0:
+        raise APIError(400, f"'speculative.n_max' must be >= 0, got {n_max}", param="speculative.n_max",
+                       code="invalid_value")
+    return n_max
+
+
 def _make(build, param: str, body: dict[str, Any]):
     """Run a job builder; its ValueError/TypeError become a 400 naming the cause."""
     try:
@@ -167,7 +176,9 @@ def completion_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, A
     fields.pop("n", None)
     fields.pop("stream_options", None)
     max_tokens = fields.get("max_tokens")
+    draft_max = _draft_max(fields)
     job = _make(lambda: engine.completion_job(prompt, model=model, **fields), "prompt", body)
+    job.draft_max = draft_max
     _check_max_tokens(engine, job, max_tokens)
     return job
 
@@ -192,6 +203,8 @@ def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -
     if "max_completion_tokens" in fields:
         fields["max_tokens"] = fields.pop("max_completion_tokens")
     max_tokens = fields.get("max_tokens")
+    draft_max = _draft_max(fields)
     job = _make(lambda: engine.chat_completion_job(messages, model=model, **fields), "messages", body)
+    job.draft_max = draft_max
     _check_max_tokens(engine, job, max_tokens)
     return job

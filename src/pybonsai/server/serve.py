@@ -59,6 +59,12 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     for f in dataclasses.fields(RequestLimits):
         limits.add_argument(f"--max-{f.name.replace('_', '-')}", dest=f"limit_{f.name}", type=int,
                             default=f.default, metavar="N", help=f"{_LIMIT_HELP[f.name]} (default: {f.default})")
+    spec = p.add_argument_group("speculative decoding", "drafted tokens verified in one step; each request's output "
+                                "is what it would be without (a request may send speculative.n_max, 0 = off)")
+    spec.add_argument("--spec", choices=("none", "ngram"), default="none",
+                      help="drafter: ngram = prompt lookup (default: none)")
+    spec.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default: 8)")
+    spec.add_argument("--model-draft", help="a draft model (not supported by serve yet: refused)")
     p.add_argument("--seed", type=int, default=None, help="default sampling seed (default: random per request)")
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -116,6 +122,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
     from ..engine import Engine
     from ..sampling import DEFAULT_SEED
 
+    if args.model_draft:
+        print("pybonsai serve: error: --model-draft is not supported yet (the engine drafts with prompt lookup: "
+              "--spec ngram; Llama(draft_model=GGUFDraftModel(...)) runs a draft model in-process)", file=sys.stderr)
+        return 2
     try:
         path = catalog.resolve_model(args.model, filename=args.filename, revision=args.revision,
                                      local_files_only=args.offline)
@@ -123,7 +133,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
         engine = Engine(str(path), n_parallel=args.parallel, n_ctx=args.n_ctx, n_batch=args.batch,
                         n_threads=args.threads, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                         seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
-                        verbose=args.verbose, limits=_limits(args), **_kv_kwargs(args))
+                        verbose=args.verbose, limits=_limits(args), **_kv_kwargs(args),
+                        draft_model=None if args.spec == "none" else args.spec, draft_max=args.draft_max)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
