@@ -82,6 +82,8 @@ plugin_lib="$("$bare_path/python" -c "import pybonsai_vulkan as p; print(p.libra
 echo "== $plugin_lib"
 readelf -d "$plugin_lib" | grep -E "NEEDED|RUNPATH|RPATH" | sed 's/^ */    /'
 cd "$work"
+# pybonsai.synth reads the tokenizer from the pinned llama.cpp tree (fetched by the build).
+export PYBONSAI_LLAMA_CPP_DIR="${PYBONSAI_LLAMA_CPP_DIR:-$repo/vendor/llama.cpp}"
 PATH="$bare_path" python -c "import json, pybonsai; print(json.dumps(pybonsai.system_info()['gpu'], indent=1))"
 # ggml-vulkan skips CPU-type devices unless GGML_VK_VISIBLE_DEVICES names them (a user's lavapipe
 # must not be taken for a GPU); upstream's CI selects lavapipe the same way.
