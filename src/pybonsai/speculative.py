@@ -50,6 +50,7 @@ class DraftLength:
         self._hits = 0.0    # decayed counts of drafted tokens accepted / tested
         self._tests = 0.0
         self._t_single: Optional[float] = None  # seconds of a plain step (EMA)
+        self._measured = False                   # `cost` still the prior
         self._idle = 0
         self._rounds = 0
 
@@ -92,8 +93,10 @@ class DraftLength:
         self._hits = self.decay * self._hits + accepted
         self._tests = self.decay * self._tests + tests
         if self.measure and self._t_single:
-            observed = (seconds / self._t_single - 1.0) / drafted
-            self.cost = min(2.0, max(MIN_COST, 0.8 * self.cost + 0.2 * observed))
+            observed = min(2.0, max(MIN_COST, (seconds / self._t_single - 1.0) / drafted))
+            # the first measurement replaces the prior; then an average that follows the machine
+            self.cost = observed if not self._measured else 0.7 * self.cost + 0.3 * observed
+            self._measured = True
 
 
 @dataclass
