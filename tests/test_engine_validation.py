@@ -168,9 +168,10 @@ def test_seeded_sampling_alone_equals_batched_short_prompts(tiny_model_path):
     assert batched == alone
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 28): with 490-840-token prompts decoded together, a "
+@pytest.mark.xfail(strict=False, reason="open (issue 28): with 490-840-token prompts decoded together, a "
                    "sequence's logits drift from its logits alone (by ~0.004 in logprob after ~25 tokens): greedy "
-                   "text holds, seeded sampling does not")
+                   "text holds, seeded sampling does not. Whether it shows depends on which steps the threads' "
+                   "requests share, so some runs pass (a clean-clone CI run did)")
 def test_seeded_sampling_alone_equals_batched_long_prompts(tiny_model_path):
     prompts = [" ".join(f"word{(i * 31 + j) % 97}" for j in range(170 + 40 * i)) for i in range(4)]
     with Engine(str(tiny_model_path), n_parallel=4, n_ctx=8192, n_threads=1, flash_attn=True) as e:
