@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <string_view>
 
 namespace pybonsai {
 namespace {
@@ -243,6 +244,62 @@ public:
         });
     }
 
+    void check_seq(int seq) const {
+        if (seq < 0 || seq >= (int) n_seq_max_) {
+            throw py::value_error("sequence id " + std::to_string(seq) + " is out of range [0, " +
+                                  std::to_string(n_seq_max_) + ")");
+        }
+    }
+
+    // Make sequence `dst` hold positions [p0, p1) of sequence `src` too (p1 < 0: to the end). In a
+    // unified KV cache the cells are shared, not copied: each cell just carries both sequence ids.
+    void seq_cp(int src, int dst, int p0, int p1) {
+        check_seq(src);
+        check_seq(dst);
+        locked([&](llama_context * ctx) {
+            n_outputs_ = 0;
+            llama_memory_seq_cp(llama_get_memory(ctx), src, dst, p0, p1);
+            return 0;
+        });
+    }
+
+    // The largest position sequence `seq` holds (-1: empty).
+    int seq_pos_max(int seq) {
+        check_seq(seq);
+        return locked([&](llama_context * ctx) { return (int) llama_memory_seq_pos_max(llama_get_memory(ctx), seq); });
+    }
+
+    // One sequence's state (its KV cells; for recurrent layers its state) as llama.cpp serializes it.
+    py::bytes state_seq_get(int seq) {
+        check_seq(seq);
+        std::string buf;
+        locked([&](llama_context * ctx) {
+            take_log();
+            buf.resize(llama_state_seq_get_size(ctx, seq));
+            const size_t n = llama_state_seq_get_data(ctx, reinterpret_cast<uint8_t *>(buf.data()), buf.size(), seq);
+            if (n == 0 || n > buf.size()) throw LlamaError(with_log("could not copy the state of sequence " +
+                                                                    std::to_string(seq)));
+            buf.resize(n);
+            return 0;
+        });
+        return py::bytes(buf);
+    }
+
+    // Load a state_seq_get() result into sequence `seq` (which should be empty). False when llama.cpp
+    // refuses it (no room for its cells, or data of another model/context); the sequence is then empty.
+    bool state_seq_set(const py::bytes & data, int seq) {
+        check_seq(seq);
+        std::string_view view = data;
+        return locked([&](llama_context * ctx) {
+            n_outputs_ = 0;
+            take_log();
+            const size_t n = llama_state_seq_set_data(ctx, reinterpret_cast<const uint8_t *>(view.data()),
+                                                      view.size(), seq);
+            if (n == 0) llama_memory_seq_rm(llama_get_memory(ctx), seq, -1, -1);
+            return n != 0;
+        });
+    }
+
     // Forget positions >= pos (the tail of sequence 0). False if this memory cannot do that
     // (then the caller must clear it instead).
     bool truncate(int pos) {
@@ -415,6 +472,13 @@ void init_context(py::module_ & m) {
              "Logits of batch position `idx` of the last decode (its logits flag set), a new (n_vocab,) array.")
         .def("seq_rm", &Context::seq_rm, py::arg("seq"), py::arg("p0") = 0, py::arg("p1") = -1,
              "Forget positions [p0, p1) of a sequence (p1 < 0: to the end); frees its KV cells.")
+        .def("seq_cp", &Context::seq_cp, py::arg("src"), py::arg("dst"), py::arg("p0") = 0, py::arg("p1") = -1,
+             "Give sequence `dst` positions [p0, p1) of `src` (shared KV cells in a unified cache).")
+        .def("seq_pos_max", &Context::seq_pos_max, py::arg("seq"), "The largest position a sequence holds (-1: none).")
+        .def("state_seq_get", &Context::state_seq_get, py::arg("seq"),
+             "llama_state_seq_get_data: one sequence's KV cells (and recurrent state) as bytes.")
+        .def("state_seq_set", &Context::state_seq_set, py::arg("data"), py::arg("seq"),
+             "llama_state_seq_set_data into an empty sequence; False (sequence left empty) when refused.")
         .def("logits", &Context::logits, py::arg("out") = py::none(),
              "The last decode's logits, (n_outputs, n_vocab), copied into `out` or a new float32 array.")
         .def("embeddings", &Context::embeddings, py::arg("pooled"),
