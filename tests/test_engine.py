@@ -21,8 +21,8 @@ def engine(tiny_model_path):
 @pytest.fixture(scope="module")
 def reference(tiny_model_path):
     """Greedy texts from the plain Llama (one sequence, one request at a time), with the Engine's
-    attention (flash attention off: Llama's default "auto" turns it on, which rounds differently)."""
-    with Llama(str(tiny_model_path), n_ctx=512, n_threads=2, flash_attn=False) as llm:
+    attention (flash attention on, the Engine's default on the CPU)."""
+    with Llama(str(tiny_model_path), n_ctx=512, n_threads=2, flash_attn=True) as llm:
         return [llm.create_completion(p, max_tokens=24, temperature=0)["choices"][0]["text"] for p in PROMPTS]
 
 
@@ -60,7 +60,7 @@ def test_streaming_seed_stop_logprobs(engine, tiny_model_path, reference):
     stop = reference[2][5:9]
     cut = engine.create_completion(PROMPTS[2], max_tokens=24, temperature=0, stop=[stop])
     assert _text(cut) == reference[2][:reference[2].index(stop)] and cut["choices"][0]["finish_reason"] == "stop"
-    with Llama(str(tiny_model_path), n_ctx=512, n_threads=2, flash_attn=False) as llm:
+    with Llama(str(tiny_model_path), n_ctx=512, n_threads=2, flash_attn=True) as llm:
         want = llm.create_completion(PROMPTS[3], max_tokens=4, temperature=0, logprobs=2)["choices"][0]["logprobs"]
     got = engine.create_completion(PROMPTS[3], max_tokens=4, temperature=0, logprobs=2)["choices"][0]["logprobs"]
     assert got["tokens"] == want["tokens"]
@@ -97,7 +97,7 @@ def test_more_requests_than_slots_and_long_prompts(tiny_model_path):
     decoded in several steps while the others keep generating."""
     long_prompt = " ".join(["word"] * 300)
     with Engine(str(tiny_model_path), n_parallel=2, n_ctx=2048, n_threads=2, prefill_chunk=64) as e, \
-            Llama(str(tiny_model_path), n_ctx=1024, n_threads=2, flash_attn=False) as llm:
+            Llama(str(tiny_model_path), n_ctx=1024, n_threads=2, flash_attn=True) as llm:
         want = [_text(llm.create_completion(p, max_tokens=12, temperature=0)) for p in (long_prompt, *PROMPTS[:3])]
         handles = [e.submit(e.completion_job(p, max_tokens=12, temperature=0)) for p in (long_prompt, *PROMPTS[:3])]
         got = ["".join(s.text for s in h.steps()) for h in handles]

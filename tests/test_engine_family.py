@@ -89,7 +89,7 @@ def test_hybrid_cancelled_request_leaves_a_clean_slot(hybrid_engine, hybrid_refe
 def test_ternary_engine(ternary_tiny_model_path):
     """Q2_0 weights through the Engine: alone and two at a time, the same greedy texts as Llama."""
     prompts = PROMPTS[:3]
-    want = _reference(ternary_tiny_model_path, prompts, 6, flash_attn=False)
+    want = _reference(ternary_tiny_model_path, prompts, 6, flash_attn=True)
     with Engine(str(ternary_tiny_model_path), n_parallel=2, n_ctx=1024, n_threads=2) as e:
         assert [_text(e.create_completion(p, max_tokens=6, temperature=0)) for p in prompts] == want
         assert _concurrently(e, prompts, 6) == want

@@ -290,6 +290,7 @@ class CompletionJob:
     reasoning: bool = False
     tool_names: frozenset = frozenset()
     draft_max: Optional[int] = None   # the Engine's per-request draft cap (llama-server's speculative.n_max)
+    cache_prompt: bool = True         # the Engine may reuse a retained prefix (llama-server's cache_prompt)
 
     def chat_output(self) -> ChatOutput:
         return ChatOutput(reasoning=self.reasoning, tool_names=self.tool_names)

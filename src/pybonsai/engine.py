@@ -5,7 +5,11 @@ Every step's batch carries one token of each generating sequence plus chunks of 
 (at most `prefill_chunk` prompt tokens a step, so a long prompt cannot stall the others);
 requests join and leave between steps. Each request has its own sampler chain and seed, stop
 strings, token limit and logprobs — the text side is completions.TokenTextStream, the same code
-`Llama` runs. A cancelled request frees its sequence's KV cells at the next step.
+`Llama` runs. A cancelled request leaves at the next step.
+
+A sequence keeps its KV cells after its request ends, and a new request starts from the longest
+prompt prefix that a retained or running sequence (or, with `cache_ram`, a state saved to host
+RAM) holds: see engine_prefix.
 
 The KV cache is unified (one pool of n_ctx cells): at this llama.cpp pin a split cache splits a
 batch into one micro-batch per run of consecutive sequence ids (llama_batch_allocr::split_equal
@@ -16,23 +20,23 @@ with sequential=true), i.e. one more pass over the weights whenever the active s
 Models with recurrent layers (the qwen35 hybrid of Bonsai 27B: Gated DeltaNet layers) also keep
 one recurrent state per sequence: llama.cpp sizes that memory by n_seq_max = n_parallel cells, and
 `seq_rm(seq, 0, -1)` frees a finished sequence's cell, so the next request starts from a zero
-state. For them flash attention is on by default (see Engine)."""
+state (reused only whole: engine_prefix)."""
 from __future__ import annotations
 
 import collections
-import itertools
-import queue
 import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
-from . import _core, completions, kv_cache, model_info
-from .engine_speculation import EngineSpeculation, SlotDrafting
-from .completions import CompletionJob, TokenTextStream, _Step, _Usage
+from . import _core, completions, kv_cache
+from .completions import CompletionJob, TokenTextStream, _Step
 from .echo_logprobs import PromptLogprobs
+from .engine_handle import EngineClosed, EngineStats, Event, QueueFull, RequestHandle
+from .engine_prefix import HostPromptCache, PrefixPlan, plan_prefix
+from .engine_speculation import EngineSpeculation, SlotDrafting
 from .limits import RequestLimits
 from .llama import Llama, _default_threads
 from .logits import check_logit_bias
@@ -42,73 +46,6 @@ from .sampling import DEFAULT_SEED, SamplingParams, build_sampler, prime_penalti
 __all__ = ["Engine", "EngineClosed", "QueueFull", "RequestHandle"]
 
 ECHO_CHUNK = 16  # prompt tokens a step for echo + logprobs (each row's logits are copied: 4 B x n_vocab)
-
-
-class QueueFull(RuntimeError):
-    """The engine's waiting queue is full; retry later."""
-
-
-class EngineClosed(RuntimeError):
-    """The engine is shut down (or shutting down) and takes no requests."""
-
-
-Event = Union[_Step, BaseException]
-
-
-class RequestHandle:
-    """One submitted request. Events (`_Step`s, the last one with finish_reason, or an exception)
-    go to the sink given at submit; without one they queue here for `steps()`."""
-
-    _ids = itertools.count()
-
-    def __init__(self, job: CompletionJob, sink: Optional[Callable[[Event], None]]):
-        self.id = next(self._ids)
-        self.job = job
-        self.usage = _Usage(prompt_tokens=len(job.prompt_tokens))
-        self._queue: Optional[queue.SimpleQueue] = None
-        if sink is None:
-            self._queue = queue.SimpleQueue()
-            sink = self._queue.put
-        self._sink = sink
-        self.cancelled = False
-        self.finished = threading.Event()
-        self.submitted_at = time.monotonic()
-        self.first_token_at: Optional[float] = None
-        self._sampler: Any = None  # built by Engine.prepare, in the caller's thread
-        self._stream: Optional[TokenTextStream] = None
-        self._echo: Optional[PromptLogprobs] = None  # echo=True with logprobs
-        self._withdraw: Optional[Callable[["RequestHandle"], None]] = None  # set when queued
-
-    def cancel(self) -> None:
-        """Stop this request: a queued one leaves the queue at once (its last event says
-        "cancelled"); a running one's KV cells are freed at the engine's next step."""
-        self.cancelled = True
-        if self._withdraw is not None:
-            self._withdraw(self)
-
-    def _emit(self, event: Event) -> None:
-        if isinstance(event, BaseException) or event.finish_reason is not None:
-            self.finished.set()
-        try:
-            self._sink(event)
-        except Exception:  # the consumer is gone (closed event loop, ...): stop generating for it
-            self.cancelled = True
-
-    def steps(self) -> Iterator[_Step]:
-        """The request's steps as they come (blocking); closing the iterator cancels it."""
-        if self._queue is None:
-            raise RuntimeError("this request delivers its events to a sink")
-        try:
-            while True:
-                event = self._queue.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if event.finish_reason is not None:
-                    return
-        finally:
-            if not self.finished.is_set():
-                self.cancel()
 
 
 @dataclass
@@ -126,6 +63,8 @@ class _Slot:
     echo: Optional[PromptLogprobs] = None             # echo=True + logprobs: the prompt's logprobs
     echo_rows: tuple = ()                             # batch rows of the prompt tokens in this step
     drafting: Optional[SlotDrafting] = None           # speculative decoding (engine_speculation)
+    cached: list[int] = field(default_factory=list)   # the tokens whose KV cells the sequence holds
+    last_used: float = float("-inf")                  # when its last request ended
 
 
 class Engine:
@@ -133,11 +72,15 @@ class Engine:
 
     `n_ctx` is the whole KV pool (default 2048 per sequence); every request may use
     `n_ctx_per_seq` = n_ctx // n_parallel tokens, prompt included. `flash_attn=None` (the
-    default) is off, except for models with recurrent layers: with llama.cpp's CPU attention
-    (flash off) a hybrid's logits depend on where the other sequences' KV cells lie (a request's
-    greedy text changed when another sequence finished), with our flash-attention kernel they do
-    not; for the others, flash attention rounds differently for different batch shapes where
-    llama.cpp's own kernel runs, so it stays off unless asked for.
+    default) is on for a CPU model ("auto" when layers are offloaded): our CPU flash-attention
+    kernel gives a sequence the same logits whatever else is in the batch and wherever its KV
+    cells lie, while llama.cpp's attention without it rounds differently for different batch
+    shapes (a request's greedy text could change beside other requests or with a reused prefix).
+    `flash_attn=False` is still accepted.
+
+    `cache_prompt` (default on) lets a request start from a prefix retained from earlier ones
+    (per request: the job's `cache_prompt`); `cache_ram` MiB (0: off, -1: no limit) keeps the
+    states of dropped prefixes in host RAM (llama-server's --cache-ram).
 
     `limits` (pybonsai.limits.RequestLimits; default OpenAI's bounds) caps what one request may
     ask (logprobs, stop strings, grammar size): over a bound, the job builders raise
@@ -153,7 +96,8 @@ class Engine:
                  n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, chat_template: Optional[str] = None,
                  flash_attn: Union[bool, str, None] = None, max_queue: int = 64, prefill_chunk: int = 256,
                  verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None,
-                 limits: Optional[RequestLimits] = None, draft_model: Any = None, draft_max: int = 8) -> None:
+                 limits: Optional[RequestLimits] = None, draft_model: Any = None, draft_max: int = 8,
+                 cache_prompt: bool = True, cache_ram: int = 0) -> None:
         for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
                         ("prefill_chunk", prefill_chunk)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
@@ -162,6 +106,10 @@ class Engine:
             raise TypeError(f"limits must be a pybonsai.limits.RequestLimits, got {type(limits).__name__}")
         self.limits = limits or RequestLimits()
         self._spec = EngineSpeculation.make(draft_model, draft_max)  # "ngram" or a drafter; None: off
+        if not isinstance(cache_ram, int) or isinstance(cache_ram, bool) or cache_ram < -1:
+            raise ValueError(f"cache_ram must be an int of MiB (-1: no limit, 0: off), got {cache_ram!r}")
+        self.cache_prompt = bool(cache_prompt)
+        self._saved = HostPromptCache(cache_ram << 20 if cache_ram >= 0 else 1 << 62) if cache_ram else None
         # ValueError before anything loads (the default counts as off until the model is known)
         kv = kv_cache.resolve(type_k, type_v, False if flash_attn is None else flash_attn)
         if n_parallel > 256:
@@ -173,8 +121,8 @@ class Engine:
         self.model_path = self.llm.model_path
         self._model = _core.Model(self.model_path, n_gpu_layers=n_gpu_layers, vocab_only=False,
                                   use_mmap=True, progress=None)
-        if flash_attn is None and model_info.has_recurrent_layers(self.llm.metadata):
-            kv = kv_cache.resolve(type_k, type_v, True)
+        if flash_attn is None:  # on (CPU) / auto (offloaded): see the class doc
+            kv = kv_cache.resolve(type_k, type_v, True if n_gpu_layers == 0 else "auto")
         if n_ctx is None or n_ctx == 0:
             n_ctx = min(2048, self._model.n_ctx_train or 2048) * n_parallel
         if not isinstance(n_ctx, int) or n_ctx < n_parallel:
@@ -197,7 +145,7 @@ class Engine:
         self._close_lock = threading.Lock()
         self._fatal: Optional[BaseException] = None
         self._pickers = ThreadPoolExecutor(max_workers=min(2, n_parallel), thread_name_prefix="pybonsai-grammar")
-        self.stats = _Stats()
+        self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="pybonsai-engine", daemon=True)
         self._thread.start()
 
@@ -304,6 +252,24 @@ class Engine:
         """(drafted, accepted) tokens of speculative decoding so far (0, 0 when it is off)."""
         return (self._spec.drafted, self._spec.accepted) if self._spec is not None else (0, 0)
 
+    def slots_info(self) -> list[dict[str, Any]]:
+        """Each sequence as llama-server's GET /slots shows it (the fields that apply here)."""
+        out = []
+        for s in list(self._slots):
+            handle = s.handle
+            out.append({"id": s.seq, "id_task": handle.id if handle is not None else -1,
+                        "n_ctx": self.n_ctx_per_seq, "is_processing": handle is not None,
+                        "n_cached_tokens": len(s.cached), "n_prompt_tokens_pending": len(s.pending),
+                        "speculative": s.drafting is not None,
+                        "next_token": {"n_decoded": handle.usage.completion_tokens if handle is not None else 0}})
+        return out
+
+    @property
+    def saved_counts(self) -> tuple[int, int, int]:
+        """Host-RAM prompt cache: (states saved, states restored, bytes held); zeros when off."""
+        c = self._saved
+        return (c.saved, c.restored, c.bytes) if c is not None else (0, 0, 0)
+
     @property
     def n_waiting(self) -> int:
         return len(self._waiting)
@@ -392,33 +358,79 @@ class Engine:
                 self._step(*batch)
 
     def _admit(self) -> None:
-        for slot in self._slots:
-            if not self._waiting:
-                return
-            if slot.handle is None:
-                handle = self._waiting.popleft()
-                handle._withdraw = None
-                slot.handle, slot.sampler, slot.stream = handle, handle._sampler, handle._stream
-                slot.echo = handle._echo
-                slot.pending, slot.pos, slot.last = list(handle.job.prompt_tokens), 0, -1
-                job = handle.job
-                if self._spec is not None and job.grammar is None and job.logprobs is None and job.draft_max != 0 \
-                        and slot.echo is None and not self.llm.is_recurrent:  # the step's fast path only
-                    slot.drafting = self._spec.start(job.prompt_tokens, job.draft_max)
-                if slot.stream.done:  # no room to generate anything
-                    self._release(slot, event=slot.stream.finish())
+        while self._waiting and any(s.handle is None for s in self._slots):
+            handle = self._waiting.popleft()
+            handle._withdraw = None
+            job = handle.job
+            slot = self._place(job.prompt_tokens, job.cache_prompt and handle._echo is None)
+            slot.handle, slot.sampler, slot.stream = handle, handle._sampler, handle._stream
+            slot.echo = handle._echo
+            slot.pending, slot.pos, slot.last = list(job.prompt_tokens[slot.pos:]), slot.pos, -1
+            self.stats.prefix_reused_tokens += slot.pos
+            if self._spec is not None and job.grammar is None and job.logprobs is None and job.draft_max != 0 \
+                    and slot.echo is None and not self.llm.is_recurrent:  # the step's fast path only
+                slot.drafting = self._spec.start(job.prompt_tokens, job.draft_max)
+            if slot.stream.done:  # no room to generate anything
+                self._release(slot, event=slot.stream.finish())
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
             if slot.handle is not None and slot.handle.cancelled and slot.sampling is None:
                 self._release(slot, event=slot.stream.finish("cancelled"))
 
-    def _release(self, slot: _Slot, event: Event) -> None:
+    def _place(self, prompt: Sequence[int], reuse: bool) -> _Slot:
+        """Pick a free slot for `prompt` and put the longest prefix of it that the retained
+        sequences or saved states hold into that slot's sequence (engine_prefix); the slot's
+        `pos` is then the number of prompt tokens already there."""
+        free = [(s.seq, s.cached, s.last_used) for s in self._slots if s.handle is None]
+        busy = [(s.seq, s.cached) for s in self._slots if s.handle is not None]
+        plan = plan_prefix(prompt, free, busy, self._saved.entries() if self._saved else (),
+                           reuse=reuse and self.cache_prompt, recurrent=self.llm.is_recurrent,
+                           saving=self._saved is not None)
+        slot = self._slots[plan.dest]
+        if plan.save_dest:
+            self._saved.put(slot.cached, self._ctx.state_seq_get(slot.seq))
+        if len(slot.cached) > plan.keep or plan.source is not None or plan.entry is not None:
+            self.stats.prefix_dropped_tokens += len(slot.cached) - (plan.keep if self._in_place(plan) else 0)
+        slot.pos = self._fill(slot, plan)
+        slot.cached = list(prompt[:slot.pos])
+        return slot
+
+    @staticmethod
+    def _in_place(plan: PrefixPlan) -> bool:
+        return plan.source is None and plan.entry is None
+
+    def _fill(self, slot: _Slot, plan: PrefixPlan) -> int:
+        """Make the slot's sequence hold exactly the plan's `keep` prompt tokens; returns how many
+        it holds (0 where llama.cpp refused: a recurrent state cannot be cut, a saved state found
+        no room)."""
+        ctx, seq, keep = self._ctx, slot.seq, plan.keep
+        if not self._in_place(plan):
+            ctx.seq_rm(seq, 0, -1)
+            if plan.source is not None:
+                ctx.seq_cp(plan.source, seq, 0, keep)
+            elif ctx.state_seq_set(plan.entry.data, seq):
+                self._saved.touch(plan.entry)
+                self._saved.restored += 1
+            else:
+                return 0
+        if ctx.seq_pos_max(seq) >= keep and not ctx.seq_rm(seq, keep, -1):
+            ctx.seq_rm(seq, 0, -1)
+            return 0
+        return keep
+
+    def _release(self, slot: _Slot, event: Event, keep_cells: bool = True) -> None:
+        """End the slot's request with `event`. Its sequence keeps its KV cells for a later request
+        with the same prefix (engine_prefix), unless prefix reuse is off or the cells are suspect
+        (`keep_cells` False: a failed decode)."""
         handle = slot.handle
         slot.handle, slot.stream, slot.sampler, slot.pending, slot.sampling = None, None, None, [], None
         slot.echo, slot.echo_rows, slot.drafting = None, (), None
-        self._ctx.seq_rm(slot.seq, 0, -1)
+        if not (keep_cells and self.cache_prompt):
+            self._ctx.seq_rm(slot.seq, 0, -1)
+            slot.cached = []
         slot.pos = 0
+        slot.last_used = time.monotonic()
         handle._emit(event)
 
     def _build_batch(self):
@@ -467,8 +479,11 @@ class Engine:
         except Exception as exc:  # the worker survives; the requests in this batch fail
             for slot in self._slots:  # (or, when close() aborted the decode, end as cancelled)
                 if slot.handle is not None and slot.seq in set(seqs):
-                    self._release(slot, event=slot.stream.finish("cancelled") if self._stop else exc)
+                    self._release(slot, event=slot.stream.finish("cancelled") if self._stop else exc,
+                                  keep_cells=False)
             return
+        for token, seq in zip(tokens, seqs):
+            self._slots[seq].cached.append(token)
         self.stats.prompt_tokens += len(tokens) - sum(
             1 + (len(s.drafting.drafts) if s.drafting is not None else 0) for s, _ in rows if s.last >= 0)
         echoes = {}
@@ -543,9 +558,10 @@ class Engine:
             token = slot.sampler.sample(self._ctx, row + accepted)
             step = slot.stream.push(token)
         self._spec.settle(drafting, accepted)
-        if slot.handle is not None:  # (a finished request's cells are already gone)
+        if slot.handle is not None:  # (a finished request keeps them: `cached` says what they hold)
             self._ctx.seq_rm(slot.seq, first + accepted, -1)
             slot.pos = first + accepted
+            del slot.cached[slot.pos:]
 
     def _advance(self, slot: _Slot, token: int, step: Optional[_Step]) -> None:
         """The slot's request sampled `token`, which made `step`."""
@@ -567,26 +583,3 @@ def wait_done(future: Future) -> None:
         future.exception()
     except BaseException:
         pass
-
-
-class _Stats:
-    """Counters for /metrics (written by the engine thread, read anywhere)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.rejected = 0
-        self.prompt_tokens = 0
-        self.generated_tokens = 0
-        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
-
-    def note_step(self, n_generated: int, seconds: float) -> None:
-        self._recent.append((time.monotonic(), n_generated))
-
-    def tokens_per_second(self, window: float = 10.0) -> float:
-        """Generated tokens per second over the last `window` seconds."""
-        now = time.monotonic()
-        recent = [(t, n) for t, n in list(self._recent) if now - t <= window]
-        if not recent:
-            return 0.0
-        span = max(now - recent[0][0], 1e-3)
-        return sum(n for _, n in recent) / span

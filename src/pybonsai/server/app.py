@@ -209,11 +209,26 @@ class _Api:
             ("slots", "gauge", "Sequences (--parallel)", e.n_parallel),
             ("draft_tokens_total", "counter", "Tokens drafted for speculative decoding (--spec)", e.draft_counts[0]),
             ("draft_tokens_accepted_total", "counter", "Drafted tokens accepted", e.draft_counts[1]),
+            ("prompt_tokens_reused_total", "counter", "Prompt tokens found in the KV cache (prefix reuse)",
+             s.prefix_reused_tokens),
+            ("prompt_cache_dropped_tokens_total", "counter", "Retained tokens dropped from the KV cache for new requests",
+             s.prefix_dropped_tokens),
+            ("prompt_cache_ram_saved_total", "counter", "Prefix states saved to host RAM (--cache-ram)", e.saved_counts[0]),
+            ("prompt_cache_ram_restored_total", "counter", "Prefix states restored from host RAM", e.saved_counts[1]),
+            ("prompt_cache_ram_bytes", "gauge", "Bytes of prefix states held in host RAM", e.saved_counts[2]),
         ]
         lines = []
         for name, kind, help_, value in rows:
             lines += [f"# HELP pybonsai_{name} {help_}", f"# TYPE pybonsai_{name} {kind}", f"pybonsai_{name} {value}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    async def slots(self, request: Request) -> Response:
+        """llama-server's GET /slots (the fields that apply); ?fail_on_no_slot=1 answers 503 when
+        every sequence is busy."""
+        info = self.engine.slots_info()
+        if request.query_params.get("fail_on_no_slot") in ("1", "true") and all(s["is_processing"] for s in info):
+            return _error(APIError(503, "no slot available", type="unavailable_error", code="no_slot_available"))
+        return JSONResponse(info)
 
     async def tokenize(self, request: Request) -> Response:
         try:
@@ -311,6 +326,7 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/slots", api.slots, methods=["GET"]),
         Route("/tokenize", api.tokenize, methods=["POST"]),
         Route("/detokenize", api.detokenize, methods=["POST"]),
     ]

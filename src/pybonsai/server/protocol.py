@@ -58,6 +58,7 @@ _COMMON = {
     "n": ((int,), "an integer"),
     "stream_options": ((dict,), "an object"),
     "speculative.n_max": ((int,), "an integer"),  # llama-server's per-request draft cap (0: no drafting)
+    "cache_prompt": ((bool,), "a boolean"),  # llama-server's: start from a prefix the KV cache holds (default true)
 }
 # Structured output (pybonsai.structured): `grammar` is llama.cpp server's GBNF field.
 _CONSTRAINTS = {"logit_bias": ((dict,), "an object"), "grammar": ((str,), "a string")}
@@ -177,8 +178,10 @@ def completion_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, A
     fields.pop("stream_options", None)
     max_tokens = fields.get("max_tokens")
     draft_max = _draft_max(fields)
+    cache_prompt = fields.pop("cache_prompt", True)
     job = _make(lambda: engine.completion_job(prompt, model=model, **fields), "prompt", body)
     job.draft_max = draft_max
+    job.cache_prompt = cache_prompt
     _check_max_tokens(engine, job, max_tokens)
     return job
 
@@ -204,7 +207,9 @@ def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -
         fields["max_tokens"] = fields.pop("max_completion_tokens")
     max_tokens = fields.get("max_tokens")
     draft_max = _draft_max(fields)
+    cache_prompt = fields.pop("cache_prompt", True)
     job = _make(lambda: engine.chat_completion_job(messages, model=model, **fields), "messages", body)
     job.draft_max = draft_max
+    job.cache_prompt = cache_prompt
     _check_max_tokens(engine, job, max_tokens)
     return job

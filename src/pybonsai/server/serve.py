@@ -69,10 +69,14 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
-    # "default": the Engine's (off, on for hybrid models): the same text alone or batched
+    p.add_argument("--cache-ram", "-cram", type=int, default=8192, metavar="MiB",
+                   help="host RAM for the states of prompt prefixes dropped from the KV cache, restored when a "
+                        "later prompt starts with them (default: 8192, as llama-server; -1: no limit, 0: off)")
+    # "default": the Engine's (on for a CPU model): the same text alone or batched
     kv_cache.add_cli_options(p, flash_attn="default")
     fa = next(a for a in p._actions if "--flash-attn" in a.option_strings)
-    fa.help = "flash attention: on, off or auto (default: off; on for models with recurrent layers)"
+    fa.help = ("flash attention: on, off or auto (default: on, with pybonsai's batch-invariant CPU kernel: "
+               "a request's text does not depend on the others in the batch or on a reused prefix)")
     return p
 
 
@@ -134,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
                         n_threads=args.threads, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                         seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
                         verbose=args.verbose, limits=_limits(args), **_kv_kwargs(args),
-                        draft_model=None if args.spec == "none" else args.spec, draft_max=args.draft_max)
+                        draft_model=None if args.spec == "none" else args.spec, draft_max=args.draft_max,
+                        cache_ram=args.cache_ram)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
