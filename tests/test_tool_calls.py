@@ -36,6 +36,23 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 
+def opener_processor(llm):
+    """A logits processor that makes the reply to ASK (TOOLS, thinking off) open with <tool_call>."""
+    opener = llm.tokenize(b"<tool_call>", add_bos=False, special=True)
+    prompt_len = len(llm.tokenize(render_chat_prompt(llm, ASK, False, tools=TOOLS).encode(), add_bos=False,
+                                  special=True))
+
+    def force_opener(input_ids, scores):
+        step = len(input_ids) - prompt_len
+        if step < len(opener):
+            forced = np.full_like(scores, -np.inf)
+            forced[opener[step]] = 0.0
+            return forced
+        return scores
+
+    return force_opener
+
+
 def _check_calls(message, allowed):
     calls = message["tool_calls"]
     assert calls, message
@@ -107,18 +124,7 @@ def test_auto_gives_text_or_a_valid_call(llm, short):
     from there. The noise model never writes it by itself, so for half the seeds a logits
     processor forces the opener's tokens (the tiny model's Qwen2 vocabulary spells it in several
     tokens; Qwen3's has one, and the trigger is a pattern on the text, so both work)."""
-    opener = llm.tokenize(b"<tool_call>", add_bos=False, special=True)
-    prompt_len = len(llm.tokenize(render_chat_prompt(llm, ASK, False, tools=TOOLS).encode(), add_bos=False,
-                                  special=True))
-
-    def force_opener(input_ids, scores):
-        step = len(input_ids) - prompt_len
-        if step < len(opener):
-            forced = np.full_like(scores, -np.inf)
-            forced[opener[step]] = 0.0
-            return forced
-        return scores
-
+    force_opener = opener_processor(llm)
     for seed in range(8):
         forced = seed % 2 == 0
         out = llm.create_chat_completion(ASK, tools=TOOLS, seed=seed, max_tokens=120, enable_thinking=False,

@@ -288,12 +288,13 @@ class CompletionJob:
     logits_processor: Optional[Callable] = None
     stopping_criteria: Optional[StoppingCriteria] = None
     reasoning: bool = False
+    think_open: bool = False          # the prompt opened the <think> block (Qwen3.5's template)
     tool_names: frozenset = frozenset()
     draft_max: Optional[int] = None   # the Engine's per-request draft cap (llama-server's speculative.n_max)
     cache_prompt: bool = True         # the Engine may reuse a retained prefix (llama-server's cache_prompt)
 
     def chat_output(self) -> ChatOutput:
-        return ChatOutput(reasoning=self.reasoning, tool_names=self.tool_names)
+        return ChatOutput(reasoning=self.reasoning, tool_names=self.tool_names, think_open=self.think_open)
 
     def text_stream(self, llm: "Llama", n_ctx: int, usage: _Usage) -> TokenTextStream:
         return TokenTextStream(llm, len(self.prompt_tokens), n_ctx, usage, max_tokens=self.max_tokens,
@@ -517,7 +518,8 @@ def chat_completion_job(
                                             presence_penalty, seed, typical_p, tfs_z, mirostat_mode,
                                             mirostat_tau, mirostat_eta),
                          grammar=plan.grammar, logit_bias=logit_bias, logits_processor=logits_processor,
-                         stopping_criteria=stopping_criteria, reasoning=plan.reasoning, tool_names=plan.names)
+                         stopping_criteria=stopping_criteria, reasoning=plan.reasoning, tool_names=plan.names,
+                         think_open=prompt.rstrip().endswith("<think>"))
 
 
 def create_chat_completion(llm: "Llama", messages: Sequence[dict], *args: Any, **kwargs: Any):

@@ -114,17 +114,24 @@ def plan_tools(tools: Any, tool_choice: Any, thinking: bool, parallel: bool = Tr
                     frozenset([only] if only else names))
 
 
-def parse_tool_calls(text: str, names: frozenset) -> Optional[tuple[str, list[dict]]]:
+def parse_tool_calls(text: str, names: frozenset, truncated: bool = False) -> Optional[tuple[str, list[dict]]]:
     """(text outside the calls, OpenAI tool_calls) if `text` holds well-formed calls to known
-    tools, else None."""
+    tools, else None. `truncated` (the reply ran out of max_tokens): a last block cut short (an
+    opener without its closer, or part of an opener) is dropped when complete calls precede it."""
     calls, outside, pos = [], [], 0
     while True:
         start = text.find(OPEN, pos)
         if start < 0:
-            outside.append(text[pos:])
+            tail = text[pos:]
+            if truncated and calls:  # "...</tool_call>\n<tool_ca": the start of a call, cut
+                tail = tail[:len(tail) - partial_marker_len(tail, OPEN)]
+            outside.append(tail)
             break
         end = text.find(CLOSE, start)
         if end < 0:
+            if truncated and calls:
+                outside.append(text[pos:start])
+                break
             return None
         outside.append(text[pos:start])
         try:
@@ -140,3 +147,11 @@ def parse_tool_calls(text: str, names: frozenset) -> Optional[tuple[str, list[di
     if not calls:
         return None
     return "".join(outside).strip(), calls
+
+
+def partial_marker_len(text: str, marker: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-n:]):
+            return n
+    return 0

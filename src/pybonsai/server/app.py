@@ -34,6 +34,7 @@ class ServerSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     retry_after_s: int = 1
     prepare_workers: int = 2  # threads that tokenize, render templates and build samplers
+    reasoning_format: str = "auto"  # <think> as reasoning_content (llama-server's default); "none": in content
 
 
 def _error(exc: APIError) -> JSONResponse:
@@ -181,7 +182,8 @@ class _Api:
         return await self._complete(request, completion_job)
 
     async def chat_completions(self, request: Request) -> Response:
-        return await self._complete(request, chat_job)
+        fmt = self.settings.reasoning_format
+        return await self._complete(request, lambda *args: chat_job(*args, reasoning_format=fmt))
 
     async def models(self, request: Request) -> Response:
         e = self.engine

@@ -11,9 +11,13 @@ from ..completions import CompletionJob
 from ..engine import Engine
 from ..limits import ParamError
 
-__all__ = ["APIError", "completion_job", "chat_job", "job_error", "parse_json"]
+__all__ = ["APIError", "REASONING_FORMATS", "completion_job", "chat_job", "job_error", "parse_json"]
 
 _NUMBER = (int, float)
+# llama-server's --reasoning-format / request "reasoning_format" values that apply to Qwen3's
+# <think> block: "none" leaves it in `content`; "deepseek" and "auto" (llama-server's default, the
+# same as deepseek for these models) return it as `reasoning_content`, streamed deltas included.
+REASONING_FORMATS = ("none", "deepseek", "auto")
 
 
 class APIError(Exception):
@@ -186,8 +190,20 @@ def completion_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, A
     return job
 
 
-def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any]) -> CompletionJob:
+def _reasoning_format(fields: dict[str, Any], default: str) -> str:
+    """The request's reasoning_format (else the server's) as create_chat_completion's."""
+    value = fields.pop("reasoning_format", None) or default
+    if value not in REASONING_FORMATS:
+        raise APIError(400, f"reasoning_format must be one of {', '.join(REASONING_FORMATS)}, got {value!r}",
+                       param="reasoning_format", code="invalid_value")
+    return "none" if value == "none" else "deepseek"
+
+
+def chat_job(engine: Engine, model_ids: tuple[str, ...], body: dict[str, Any],
+             reasoning_format: str = "auto") -> CompletionJob:
+    """`reasoning_format`: the server's default (the request's field overrides it)."""
     fields = _typed(body, _CHAT)
+    fields["reasoning_format"] = _reasoning_format(fields, reasoning_format)
     for name in ("functions", "function_call"):  # OpenAI's deprecated forms of tools / tool_choice
         if body.get(name):
             raise APIError(400, f"'{name}' is not supported: use 'tools' / 'tool_choice'", param=name,

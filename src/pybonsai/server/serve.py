@@ -67,6 +67,10 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     spec.add_argument("--model-draft", help="a draft model (not supported by serve yet: refused)")
     p.add_argument("--seed", type=int, default=None, help="default sampling seed (default: random per request)")
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
+    p.add_argument("--reasoning-format", choices=("none", "deepseek", "auto"), default="auto",
+                   help="where a chat reply's <think> block goes: deepseek or auto = message.reasoning_content "
+                        "(and delta.reasoning_content), none = left in content; a request's 'reasoning_format' "
+                        "overrides it (default: auto)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
     p.add_argument("--cache-ram", "-cram", type=int, default=8192, metavar="MiB",
@@ -147,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
     # chat template (pure Python): hand the GIL over more often than every 5 ms (the default).
     sys.setswitchinterval(0.0005)
     model_id = args.alias or Path(path).name.removesuffix(".gguf")
-    settings = ServerSettings(model_id=model_id, api_key=args.api_key or None, max_body_bytes=args.max_body_bytes)
+    settings = ServerSettings(model_id=model_id, api_key=args.api_key or None, max_body_bytes=args.max_body_bytes,
+                              reasoning_format=args.reasoning_format)
     app = create_app(engine, settings)
     # uvicorn cuts the connections left after timeout_graceful_shutdown: the engine, closed with
     # the drain timeout at the signal, ends every request a little before that.
