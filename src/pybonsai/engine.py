@@ -350,17 +350,24 @@ class Engine:
                     self._wake.wait()
                 if self._stop:
                     return
-                self._admit()
+                admitted = self._take_admitted()
+            self._admit(admitted)  # outside the lock: placing a prefix may copy a saved state
             self._collect_picks()
             self._drop_cancelled()
             batch = self._build_batch()
             if batch[0]:
                 self._step(*batch)
 
-    def _admit(self) -> None:
-        while self._waiting and any(s.handle is None for s in self._slots):
-            handle = self._waiting.popleft()
-            handle._withdraw = None
+    def _take_admitted(self) -> list[RequestHandle]:
+        """Take as many waiting requests as there are free slots (with self._wake held)."""
+        n = min(len(self._waiting), sum(s.handle is None for s in self._slots))
+        taken = [self._waiting.popleft() for _ in range(n)]
+        for handle in taken:
+            handle._withdraw = None  # (a cancel now lands at the next step)
+        return taken
+
+    def _admit(self, admitted: list[RequestHandle]) -> None:
+        for handle in admitted:
             job = handle.job
             slot = self._place(job.prompt_tokens, job.cache_prompt and handle._echo is None)
             slot.handle, slot.sampler, slot.stream = handle, handle._sampler, handle._stream
