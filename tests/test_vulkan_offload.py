@@ -142,3 +142,20 @@ def test_no_vulkan_device_falls_back_with_one_warning(vulkan_env, case):
                          timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "no Vulkan GPU" in res.stdout, res.stdout
+
+
+def test_server_offloads_to_the_device(vulkan_env, tiny_model_path, tmp_path, monkeypatch):
+    """`pybonsai serve -ngl -1` runs the model on the Vulkan device: /v1/models names it, and a
+    chat through the real openai client gets its 8 tokens."""
+    from server_process import openai_client, running_server
+
+    monkeypatch.setenv("GGML_VK_VISIBLE_DEVICES", vulkan_env["GGML_VK_VISIBLE_DEVICES"])
+    with running_server(tiny_model_path, tmp_path / "server.log", "-ngl", "-1", "--parallel", "2") as srv, \
+            openai_client(srv) as client:
+        meta = client.models.list().data[0].model_extra["meta"]
+        assert meta["n_gpu_layers"] == -1 and meta["gpu_devices"], meta
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=8, temperature=0)
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8
+        log = srv.log()
+    assert "GPUFallbackWarning" not in log and "no Vulkan GPU" not in log, log

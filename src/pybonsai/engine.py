@@ -134,6 +134,7 @@ class Engine:
                                   flash_attn=kv.flash_attn, type_k=kv.type_k, type_v=kv.type_v,
                                   n_seq_max=n_parallel, kv_unified=True)
         self.n_parallel = n_parallel
+        self.n_gpu_layers = n_gpu_layers
         self.n_ctx_per_seq = self._ctx.n_ctx // n_parallel
         self.n_batch = self._ctx.n_batch
         self.prefill_chunk = prefill_chunk

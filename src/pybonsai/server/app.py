@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .. import gpu
 from ..completions import CompletionJob, _Step
 from ..engine import Engine, EngineClosed, QueueFull, RequestHandle
 from .protocol import APIError, chat_job, completion_job, job_error, parse_json
@@ -46,6 +47,8 @@ class _Api:
         self.engine, self.settings = engine, settings
         self.model_ids = (settings.model_id, engine.model_path)
         self.started = int(time.time())
+        # the GPU devices the model may run on (names; none without an offload)
+        self.gpu_devices = [d["name"] for d in gpu.status().get("devices", [])] if engine.n_gpu_layers else []
         self.pool = ThreadPoolExecutor(max_workers=settings.prepare_workers, thread_name_prefix="pybonsai-prepare")
 
     async def _in_pool(self, fn, *args):
@@ -190,7 +193,7 @@ class _Api:
         return JSONResponse({"object": "list", "data": [{
             "id": self.settings.model_id, "object": "model", "created": self.started, "owned_by": "pybonsai",
             "meta": {"path": e.model_path, "n_parallel": e.n_parallel, "n_ctx_per_seq": e.n_ctx_per_seq,
-                     "n_vocab": e.llm.n_vocab()}}]})
+                     "n_vocab": e.llm.n_vocab(), "n_gpu_layers": e.n_gpu_layers, "gpu_devices": self.gpu_devices}}]})
 
     async def health(self, request: Request) -> Response:
         if not self.engine.alive:

@@ -44,6 +44,9 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=256,
                    help="most prompt tokens decoded in one step, so long prompts do not stall others (default: 256)")
     p.add_argument("--threads", type=int, help="CPU threads (default: every usable core)")
+    p.add_argument("--n-gpu-layers", "-ngl", "--gpu-layers", dest="n_gpu_layers", type=int, default=0,
+                   help="layers to offload to a GPU (pip install 'pybonsai[cuda]' or '[vulkan]'; -1: all; default 0). "
+                        "Without a usable GPU the model runs on the CPU, with one warning in the log")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a sequence; beyond that: 429 with Retry-After (default: 64)")
     p.add_argument("--api-key", default=os.environ.get("PYBONSAI_API_KEY"),
@@ -141,6 +144,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
         engine = Engine(str(path), n_parallel=args.parallel, n_ctx=args.n_ctx, n_batch=args.batch,
                         n_threads=args.threads, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                         seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
+                        n_gpu_layers=args.n_gpu_layers,
                         verbose=args.verbose, limits=_limits(args), **_kv_kwargs(args),
                         draft_model=None if args.spec == "none" else args.spec, draft_max=args.draft_max,
                         cache_ram=args.cache_ram)
