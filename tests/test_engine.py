@@ -36,8 +36,11 @@ def test_alone_matches_llama(engine, reference):
 
 
 def test_same_greedy_text_among_seven_others(engine, reference):
+    """Flash attention on (the default) and every prompt already retained from the test above: the
+    requests start from reused prefixes, batched, and give the texts of one at a time."""
     out = [None] * len(PROMPTS)
     steps_seen = engine.stats.generated_tokens
+    reused = engine.stats.prefix_reused_tokens
 
     def run(i):
         out[i] = _text(engine.create_completion(PROMPTS[i], max_tokens=24, temperature=0))
@@ -49,6 +52,7 @@ def test_same_greedy_text_among_seven_others(engine, reference):
         t.join(60)
     assert out == reference
     assert engine.stats.generated_tokens - steps_seen == 24 * len(PROMPTS)
+    assert engine.stats.prefix_reused_tokens - reused >= 8 * len(PROMPTS)
 
 
 def test_streaming_seed_stop_logprobs(engine, tiny_model_path, reference):

@@ -38,7 +38,12 @@ def test_plan_prefers_the_matching_slot_and_keeps_one_token_to_decode():
     p = plan_prefix(prompt, free, [], (), reuse=True, recurrent=False, saving=False)
     assert (p.dest, p.keep, p.source, p.entry) == (0, 80, 1, None)  # shared into the empty slot: nothing lost
     p = plan_prefix(prompt, free[1:], [], (), reuse=True, recurrent=False, saving=False)
-    assert (p.dest, p.keep, p.source) == (1, 80, None)  # no empty slot: cut back in place (2 of 82 dropped)
+    assert (p.dest, p.keep, p.source) == (1, 80, None)  # no empty slot: cut back (2 of 82 dropped)
+    held = list(range(80)) + [7] * 100
+    p = plan_prefix(prompt, [(0, [], 0.0), (1, held, 5.0)], [], (), reuse=True, recurrent=False, saving=False)
+    assert (p.dest, p.keep, p.source) == (0, 80, 1)  # 100 would be dropped: shared into the empty slot
+    p = plan_prefix(prompt, [(0, [3] * 150, 0.0), (1, held, 5.0)], [], (), reuse=True, recurrent=False, saving=False)
+    assert (p.dest, p.keep, p.source) == (1, 80, None)  # the other slot holds more than that
     # the whole prompt held: all but the last token reused
     p = plan_prefix(prompt, [(3, prompt + [1, 2], 0.0)], [], (), reuse=True, recurrent=False, saving=False)
     assert (p.dest, p.keep) == (3, 99)
@@ -143,7 +148,9 @@ def test_interleaved_conversations_batched(tiny_model_path, plain):
 
 def test_shared_system_prompt_and_cache_prompt_false(tiny_model_path, plain):
     system = "System: " + _words(120, 3) + "\n"
-    prompts = [system + f"User: {_words(10, k)}\nBot:" for k in range(3)]
+    # user parts long enough that cutting one back would drop more than MIN_SAVE_TOKENS: each
+    # request shares the system prompt's cells into a slot of its own (seq_cp) instead
+    prompts = [system + f"User: {_words(60, k)}\nBot:" for k in range(3)]
     want = [_text(plain.create_completion(p, max_tokens=10, temperature=0)) for p in prompts]
     with Engine(str(tiny_model_path), n_parallel=3, n_ctx=3072, n_threads=2) as e:
         first = _text(e.create_completion(prompts[0], max_tokens=10, temperature=0))

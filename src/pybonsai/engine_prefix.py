@@ -154,12 +154,17 @@ def plan_prefix(prompt: Sequence[int], free: Sequence[tuple[int, Sequence[int], 
         return plan(cheapest(), 0)
     kind, what = best
     if kind == "free":
-        # Continue in that slot when the prompt extends all it holds; otherwise share its cells into
-        # an empty slot (nothing lost), else continue there unless that drops most of what it holds.
-        empty = any(not f[1] for f in free if f[0] != what[0])
-        if recurrent or len(free) == 1 or best_keep == len(what[1]) or (not empty and 2 * best_keep >= len(what[1])):
+        # Continue in that slot when that drops nothing. Otherwise share the prefix's cells into an
+        # empty slot (nothing lost), or into the next free slot to give up when continuing would
+        # drop many tokens (a long chat that shares only its system prompt with this one) and that
+        # slot holds fewer.
+        dropped = len(what[1]) - best_keep
+        other = cheapest(exclude=what[0]) if len(free) > 1 else None
+        if recurrent or other is None or dropped == 0:
             return plan(what, best_keep)
-        return plan(cheapest(exclude=what[0]), best_keep, source=what[0])
+        if not other[1] or (dropped > MIN_SAVE_TOKENS and len(other[1]) < dropped):
+            return plan(other, best_keep, source=what[0])
+        return plan(what, best_keep)
     if kind == "busy":
         return plan(cheapest(), best_keep, source=what[0])
     return plan(cheapest(), best_keep, entry=what)
