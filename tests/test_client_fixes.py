@@ -8,6 +8,7 @@ import json
 import re
 
 import jsonschema
+import numpy as np
 import openai
 import pytest
 
@@ -223,3 +224,29 @@ def test_server_reasoning_format_none_flag(tiny_model_path, tmp_path):
             assert reasoning is None and content.startswith("<think>\nhm\n</think>")
             reasoning, content = _ask(c, stream=True, reasoning_format="auto")
             assert reasoning == "hm" and re.fullmatch("[a-c]{1,3}", content)
+
+
+def test_qwen35_required_tool_call_after_the_opened_think_block(tiny_model_path, llama_cpp_dir):
+    """Qwen3.5's template opens <think> itself: the tool-call grammar lets the reply close that
+    block and call (before, it demanded a second <think> opener, so the model could not close it)."""
+    template = (llama_cpp_dir / "models/templates/Qwen3.5-4B.jinja").read_text("utf-8")
+    with Llama(tiny_model_path, n_ctx=1024, n_threads=1, chat_template=template) as qwen35:
+        prompt = render_chat_prompt(qwen35, ASK, tools=TOOLS)
+        assert prompt.endswith("<think>\n")
+        n_prompt = len(qwen35.tokenize(prompt.encode(), add_bos=False, special=True))
+        forced = qwen35.tokenize(b"ok</think>\n\n<tool_call>", add_bos=False, special=True)
+
+        def close_then_call(input_ids, scores):
+            step = len(input_ids) - n_prompt
+            if step < len(forced):
+                scores = np.full_like(scores, -np.inf)
+                scores[forced[step]] = 0.0
+            return scores
+
+        out = qwen35.create_chat_completion(ASK, tools=TOOLS, tool_choice="required", seed=3, max_tokens=200,
+                                            logits_processor=close_then_call, logit_bias=whitespace_bias(qwen35),
+                                            reasoning_format="deepseek", parallel_tool_calls=False)
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    assert choice["message"]["reasoning_content"] == "ok"
+    assert choice["message"]["tool_calls"][0]["function"]["name"] in {"get_weather", "add"}

@@ -509,6 +509,11 @@ def chat_completion_job(
                             parallel_tool_calls=parallel_tool_calls, reasoning_format=reasoning_format,
                             grammar=grammar)
     prompt = render_chat_prompt(llm, messages, None, kwargs, tools=plan.tools)
+    think_open = prompt.rstrip().endswith("<think>")
+    if think_open and plan.grammar is not None and tools is not None:  # a tool-call grammar starts inside it
+        plan = chat_constraints(llm, kwargs, response_format=response_format, tools=tools, tool_choice=tool_choice,
+                                parallel_tool_calls=parallel_tool_calls, reasoning_format=reasoning_format,
+                                grammar=grammar, think_open=True)
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     _check_fits(tokens, n_ctx)
     head = {"id": new_id("chatcmpl"), "created": now(), "model": model or llm.model_path}
@@ -519,7 +524,7 @@ def chat_completion_job(
                                             mirostat_tau, mirostat_eta),
                          grammar=plan.grammar, logit_bias=logit_bias, logits_processor=logits_processor,
                          stopping_criteria=stopping_criteria, reasoning=plan.reasoning, tool_names=plan.names,
-                         think_open=prompt.rstrip().endswith("<think>"))
+                         think_open=think_open)
 
 
 def create_chat_completion(llm: "Llama", messages: Sequence[dict], *args: Any, **kwargs: Any):

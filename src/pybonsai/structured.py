@@ -24,11 +24,12 @@ class ChatConstraints:
 
 def chat_constraints(llm: "Llama", template_kwargs: dict, *, response_format: Optional[dict] = None,
                      tools: Any = None, tool_choice: Any = None, parallel_tool_calls: bool = True,
-                     reasoning_format: Optional[str] = None, grammar: Any = None) -> ChatConstraints:
+                     reasoning_format: Optional[str] = None, grammar: Any = None,
+                     think_open: bool = False) -> ChatConstraints:
     if reasoning_format not in (None, "none", "deepseek"):
         raise ValueError(f"reasoning_format must be 'none' or 'deepseek', got {reasoning_format!r}")
     thinking = template_kwargs.get("enable_thinking") is not False and "<think>" in (llm.chat_template or "")
-    plan = plan_tools(tools, tool_choice, thinking, parallel=parallel_tool_calls)
+    plan = plan_tools(tools, tool_choice, thinking, parallel=parallel_tool_calls, think_open=think_open)
     schema_grammar = response_format_grammar(response_format)
     given = [g for g in (grammar_text(grammar), schema_grammar and (schema_grammar, "root"), plan.grammar) if g]
     if len(given) > 1:

@@ -70,9 +70,11 @@ def _choice(tool_choice: Any, names: list[str]) -> tuple[str, Optional[str]]:
                      f"{{'type': 'function', 'function': {{'name': ...}}}}, got {tool_choice!r}")
 
 
-def tool_call_grammar(tools: Sequence[dict], only: Optional[str], think: bool, parallel: bool) -> str:
+def tool_call_grammar(tools: Sequence[dict], only: Optional[str], think: bool, parallel: bool,
+                      think_open: bool = False) -> str:
     """GBNF for one tool call (up to MAX_PARALLEL_CALLS if `parallel`; only `only`, if given:
-    exactly one), in the template's format; `think` allows a leading <think> block."""
+    exactly one), in the template's format; `think` allows a leading <think> block, or with
+    `think_open` (the prompt itself opened it, as Qwen3.5's template does) the rest of one."""
     schemas, alternatives = [], []
     for i, tool in enumerate(tools):
         fn = tool["function"]
@@ -85,7 +87,8 @@ def tool_call_grammar(tools: Sequence[dict], only: Optional[str], think: bool, p
     calls = "tool-call" if only is not None or not parallel else \
         f'tool-call ( "\\n" tool-call ){{0,{MAX_PARALLEL_CALLS - 1}}}'
     if think:
-        rules.append(("think", '"<think>" ( [^<] | "<" [^/] )* "</think>" [ \\n]{0,4}'))
+        opener = "" if think_open else '"<think>" '
+        rules.append(("think", opener + '( [^<] | "<" [^/] )* "</think>" [ \\n]{0,4}'))
         calls = f"think? {calls}"
     rules.append(("root", calls))
     grammar, warnings, names = _core.json_schemas_to_grammar(schemas, rules)
@@ -96,8 +99,10 @@ def tool_call_grammar(tools: Sequence[dict], only: Optional[str], think: bool, p
     return grammar
 
 
-def plan_tools(tools: Any, tool_choice: Any, thinking: bool, parallel: bool = True) -> ToolPlan:
-    """The template tools, grammar and parsing for `tools` / `tool_choice`."""
+def plan_tools(tools: Any, tool_choice: Any, thinking: bool, parallel: bool = True,
+               think_open: bool = False) -> ToolPlan:
+    """The template tools, grammar and parsing for `tools` / `tool_choice` (`think_open`: the
+    rendered prompt ends inside an opened <think> block)."""
     if tools is None:
         if tool_choice not in (None, "none", "auto"):
             raise ValueError("tool_choice needs tools")
@@ -110,7 +115,8 @@ def plan_tools(tools: Any, tool_choice: Any, thinking: bool, parallel: bool = Tr
     if mode == "auto":  # lazy: free text until the model writes <tool_call> (one token or several)
         grammar = (tool_call_grammar(tools, None, think=False, parallel=parallel), "root", [], [TRIGGER])
         return ToolPlan(tools, grammar, frozenset(names))
-    return ToolPlan(tools, (tool_call_grammar(tools, only, think=thinking, parallel=parallel), "root"),
+    grammar = tool_call_grammar(tools, only, think=thinking, parallel=parallel, think_open=think_open)
+    return ToolPlan(tools, (grammar, "root"),
                     frozenset([only] if only else names))
 
 
