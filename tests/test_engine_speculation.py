@@ -1,7 +1,8 @@
 """Speculative decoding in the Engine's continuous batch (pybonsai.engine_speculation) and
-`pybonsai serve --spec ngram`: every request's output is what the Engine gives without drafts
-(greedy and seeded, requests batched together), drafts are verified and counted, a request can
-turn drafting off (speculative.n_max = 0), and what the Engine cannot do is refused clearly."""
+`pybonsai serve --spec ngram` (a draft model: test_engine_draft_model): every request's output is
+what the Engine gives without drafts (greedy and seeded, requests batched together), drafts are
+verified and counted, a request can turn drafting off (speculative.n_max = 0), and what the Engine
+cannot do is refused clearly."""
 from __future__ import annotations
 
 import httpx
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from pybonsai import Engine
-from pybonsai.llama_speculative import GGUFDraftModel, LlamaDraftModel
+from pybonsai.llama_speculative import LlamaDraftModel
 from server_process import openai_client, running_server
 
 PROMPTS = ["a b c a b c a b c a b", "The quick brown fox jumps", "1 2 3 1 2 3 1 2 3 1"]
@@ -78,8 +79,9 @@ def test_a_request_can_turn_drafting_off(tiny_model_path):
 def test_what_the_engine_refuses(tiny_model_path):
     with pytest.raises(ValueError, match="ngram"):
         Engine(str(tiny_model_path), draft_model="eagle")
-    with pytest.raises(ValueError, match="not supported by the Engine"):
-        Engine(str(tiny_model_path), draft_model=GGUFDraftModel(tiny_model_path))
+    with pytest.raises(ValueError, match="binds to a Llama"):
+        Engine(str(tiny_model_path), draft_model=type("Bound", (LlamaDraftModel,), {
+            "__call__": lambda self, ids, **kw: ids[:0], "bind": lambda self, llm: None})())
     with pytest.raises(ValueError, match="draft_max"):
         Engine(str(tiny_model_path), draft_model="ngram", draft_max=0)
 

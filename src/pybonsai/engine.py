@@ -97,7 +97,7 @@ class Engine:
                  flash_attn: Union[bool, str, None] = None, max_queue: int = 64, prefill_chunk: int = 256,
                  verbose: bool = False, type_k: kv_cache.KVType = None, type_v: kv_cache.KVType = None,
                  limits: Optional[RequestLimits] = None, draft_model: Any = None, draft_max: int = 8,
-                 cache_prompt: bool = True, cache_ram: int = 0) -> None:
+                 draft_min: int = 0, draft_p_min: float = 0.0, cache_prompt: bool = True, cache_ram: int = 0) -> None:
         for name, v in (("n_parallel", n_parallel), ("n_batch", n_batch), ("max_queue", max_queue),
                         ("prefill_chunk", prefill_chunk)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_queue" else 1):
@@ -105,7 +105,8 @@ class Engine:
         if limits is not None and not isinstance(limits, RequestLimits):
             raise TypeError(f"limits must be a pybonsai.limits.RequestLimits, got {type(limits).__name__}")
         self.limits = limits or RequestLimits()
-        self._spec = EngineSpeculation.make(draft_model, draft_max)  # "ngram" or a drafter; None: off
+        # "ngram", a GGUFDraftModel (engine_draft_model) or a drafter; None: off
+        self._spec = EngineSpeculation.make(draft_model, draft_max, draft_min, draft_p_min)
         if not isinstance(cache_ram, int) or isinstance(cache_ram, bool) or cache_ram < -1:
             raise ValueError(f"cache_ram must be an int of MiB (-1: no limit, 0: off), got {cache_ram!r}")
         self.cache_prompt = bool(cache_prompt)
@@ -135,6 +136,8 @@ class Engine:
                                   n_seq_max=n_parallel, kv_unified=True)
         self.n_parallel = n_parallel
         self.n_gpu_layers = n_gpu_layers
+        if self._spec is not None:
+            self._spec.bind(self, threads, n_threads_batch or threads)  # a draft model loads (ValueError: vocabulary)
         self.n_ctx_per_seq = self._ctx.n_ctx // n_parallel
         self.n_batch = self._ctx.n_batch
         self.prefill_chunk = prefill_chunk
@@ -304,6 +307,8 @@ class Engine:
             if self._ctx is not None:
                 self._ctx.close()
                 self._model.close()
+                if self._spec is not None:
+                    self._spec.close()
                 self.llm.close()
                 self._ctx = None
 
@@ -377,7 +382,7 @@ class Engine:
             self.stats.prefix_reused_tokens += slot.pos
             if self._spec is not None and job.grammar is None and job.logprobs is None and job.draft_max != 0 \
                     and slot.echo is None and not self.llm.is_recurrent:  # the step's fast path only
-                slot.drafting = self._spec.start(job.prompt_tokens, job.draft_max)
+                slot.drafting = self._spec.start(job.prompt_tokens, job.draft_max, slot.seq)
             if slot.stream.done:  # no room to generate anything
                 self._release(slot, event=slot.stream.finish())
 
@@ -444,12 +449,13 @@ class Engine:
     def _build_batch(self):
         tokens, pos, seqs, want, rows = [], [], [], [], []
         generating = [s for s in self._slots if s.handle is not None and not s.pending and s.sampling is None]
+        if self._spec is not None:  # every drafting sequence's drafts at once (a draft model: batched)
+            self._spec.propose_all([(s.drafting, self.n_ctx_per_seq - s.pos - 1) for s in generating
+                                    if s.drafting is not None], self.n_batch - len(generating))
         for slot in generating:
             rows.append((slot, len(tokens)))
-            drafts = ()
-            if slot.drafting is not None:  # its next token, then the drafts after it (all with logits)
-                room = min(self.n_ctx_per_seq - slot.pos - 1, self.n_batch - len(generating) - len(tokens))
-                drafts = slot.drafting.drafts = self._spec.propose(slot.drafting, room)
+            # its next token, then the drafts after it (all with logits)
+            drafts = slot.drafting.drafts if slot.drafting is not None else ()
             for i, t in enumerate((slot.last, *drafts)):
                 tokens.append(t)
                 pos.append(slot.pos + i)

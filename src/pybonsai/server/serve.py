@@ -65,9 +65,14 @@ def build_parser(prog: str = "pybonsai serve") -> argparse.ArgumentParser:
     spec = p.add_argument_group("speculative decoding", "drafted tokens verified in one step; each request's output "
                                 "is what it would be without (a request may send speculative.n_max, 0 = off)")
     spec.add_argument("--spec", choices=("none", "ngram"), default="none",
-                      help="drafter: ngram = prompt lookup (default: none)")
+                      help="drafter: ngram = prompt lookup (default: none; --model-draft drafts with a model)")
+    spec.add_argument("--model-draft", "-md", metavar="MODEL",
+                      help="a draft model sharing the model's vocabulary (a .gguf file, catalog alias or Hub "
+                           "repository), its greedy drafts for all sequences decoded together")
     spec.add_argument("--draft-max", type=int, default=8, help="most tokens drafted per step (default: 8)")
-    spec.add_argument("--model-draft", help="a draft model (not supported by serve yet: refused)")
+    spec.add_argument("--draft-min", type=int, default=0, help="drop a draft shorter than this (default: 0)")
+    spec.add_argument("--draft-p-min", type=float, default=0.0,
+                      help="a draft model's draft stops where its top probability is lower (default: 0.0)")
     p.add_argument("--seed", type=int, default=None, help="default sampling seed (default: random per request)")
     p.add_argument("--chat-template", help="a Jinja chat template file to use instead of the GGUF's")
     p.add_argument("--reasoning-format", choices=("none", "deepseek", "auto"), default="auto",
@@ -131,13 +136,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
         return _missing_extra(exc)
     from .. import catalog
     from ..engine import Engine
+    from ..llama_speculative import GGUFDraftModel
     from ..sampling import DEFAULT_SEED
 
-    if args.model_draft:
-        print("pybonsai serve: error: --model-draft is not supported yet (the engine drafts with prompt lookup: "
-              "--spec ngram; Llama(draft_model=GGUFDraftModel(...)) runs a draft model in-process)", file=sys.stderr)
+    if args.model_draft and args.spec != "none":
+        print(f"pybonsai serve: error: --spec {args.spec} and --model-draft: choose one drafter", file=sys.stderr)
         return 2
     try:
+        drafter = None if args.spec == "none" else args.spec
+        if args.model_draft:
+            drafter = GGUFDraftModel(catalog.resolve_model(args.model_draft, local_files_only=args.offline),
+                                     num_pred_tokens=max(args.draft_max, 1))
         path = catalog.resolve_model(args.model, filename=args.filename, revision=args.revision,
                                      local_files_only=args.offline)
         template = Path(args.chat_template).read_text("utf-8") if args.chat_template else None
@@ -146,8 +155,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pybonsai serve") -> 
                         seed=DEFAULT_SEED if args.seed is None else args.seed, chat_template=template,
                         n_gpu_layers=args.n_gpu_layers,
                         verbose=args.verbose, limits=_limits(args), **_kv_kwargs(args),
-                        draft_model=None if args.spec == "none" else args.spec, draft_max=args.draft_max,
-                        cache_ram=args.cache_ram)
+                        draft_model=drafter, draft_max=args.draft_max, draft_min=args.draft_min,
+                        draft_p_min=args.draft_p_min, cache_ram=args.cache_ram)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"pybonsai serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
