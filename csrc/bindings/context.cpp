@@ -46,6 +46,8 @@ public:
         p.type_k = (ggml_type) type_k;
         p.type_v = (ggml_type) type_v;
         apply_context_options(p, options);
+        // Called between graph nodes by thread 0 and, through vendor/patches/0009, from inside long
+        // nodes by any compute thread, concurrently (csrc/kernels/cpu/q1_0_abort.h): loads only.
         p.abort_callback = [](void * self) {
             const Context * c = static_cast<Context *>(self);
             return c->abort_.load() || c->cancel_.load() || c->sigint_.load();

@@ -7,14 +7,24 @@
 // greedy continuation could differ between two calls with the same prompt). Called at the top of
 // ggml_compute_forward_flash_attn_ext (vendor/patches/0006); false: upstream's code runs.
 // PYBONSAI_ATTN=upstream turns it off (q1k_attn_available), =avx2 keeps it off AVX-512.
+// A thread runs its share of work items in steps of ~1 ms, checking between them whether the graph
+// is being aborted (q1_0_abort.h): a cancel stops a long prefill's attention mid-node.
+#include "q1_0_abort.h"
 #include "q1_0_attn.h"
 
 #include "ggml-cpu-impl.h"
 #include "ggml-impl.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace {
+
+// KV cells x head size x query heads per abort check (~1 ms on one Zen 3 core); an item costs
+// n_kv * D * (n_head / n_head_kv) of them at most (causally masked cells are skipped). A decode
+// token at the Bonsai-8B shape (8 items of 4 heads x 128) checks only from ~2,000 cells of depth
+// up, a few times per node.
+constexpr int64_t kAbortCheckWork = (int64_t) 1 << 22;
 
 bool fits(const ggml_tensor * dst) {
     const ggml_tensor * q    = dst->src[0];
@@ -87,6 +97,16 @@ extern "C" bool pybonsai_flash_attn_ext(const ggml_compute_params * params, ggml
     a.dst_head = dst->nb[1];                   // upstream's permute(0, 2, 1, 3): row (i*n_head + h)
     a.dst_tok  = dst->nb[1] * dst->ne[1];
     const int64_t items = a.n_q * a.n_head_kv;
-    q1k_attn_decode(&a, items * params->ith / params->nth, items * (params->ith + 1) / params->nth);
+    const int64_t w0    = items * params->ith / params->nth;
+    const int64_t w1    = items * (params->ith + 1) / params->nth;
+    // items per step (each item's rows are computed alone: the steps do not change the results)
+    const int64_t work  = std::max<int64_t>(1, a.n_kv * a.D * (a.n_head / a.n_head_kv));
+    const int64_t step  = std::max<int64_t>(1, kAbortCheckWork / work);
+    for (int64_t w = w0; w < w1; w += step) {
+        if (w > w0 && pybonsai_cpu_abort_requested(params)) {
+            break;  // the rows left are garbage; the graph returns GGML_STATUS_ABORTED
+        }
+        q1k_attn_decode(&a, w, std::min(w + step, w1));
+    }
     return true;
 }

@@ -10,8 +10,10 @@
 //
 // MUL_MAT: every thread quantizes a share of the activation blocks into the work buffer (plus
 // their lookup tables when the table path runs), a barrier, then each thread runs the kernel
-// over its contiguous share of 16-row groups.
+// over its contiguous share of 16-row groups, in steps of ~1 ms of work between which it checks
+// whether the graph is being aborted (q1_0_abort.h): a cancel stops a long prefill mid-node.
 // Registered from ggml-cpu.cpp (vendor/patches/0001-...) when PYBONSAI_CPU_KERNELS is defined.
+#include "q1_0_abort.h"
 #include "q1_0_kernels.h"
 #include "q1_0_op_profile.h"
 #include "q2_0_kernels.h"
@@ -22,6 +24,7 @@
 #include "ggml-impl.h"
 #include "traits.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -44,6 +47,11 @@ bool q1k_eligible(const ggml_tensor * t) {
 int64_t kernel_k(const ggml_tensor * w) {
     return w->type == GGML_TYPE_Q2_0 ? q2k_virtual_k(w->ne[0]) : w->ne[0];
 }
+
+// Block x token products per abort check (~1-2 ms of one Zen 3 core): a group of 16 rows of a
+// Bonsai-8B attn_q/ffn_gate (32 blocks) over a 512-token ubatch is 16,384, of ffn_down (96 blocks)
+// 49,152, split into token steps. A decode (one token) or a small batch never checks inside a node.
+constexpr int64_t kAbortCheckWork = 1 << 15;
 
 // the table path (q1_0_kernels.h) runs MUL_MATs of up to q1k_lut_max_tokens() tokens
 bool use_lut(int64_t ntok) {
@@ -122,9 +130,21 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t groups = (nrows + Q1K_ROWS - 1) / Q1K_ROWS;
         const int64_t g0     = groups * ith / nth;
         const int64_t g1     = groups * (ith + 1) / nth;
-        if (g0 < g1) {
-            (lut ? k->gemm_lut : k->gemm)(src0->data, K, nrows, g0, g1, act, stride, ntok, (float *) op->data,
-                                          op->nb[1] / sizeof(float));
+        // Steps of groups x tokens: results do not depend on them (each row of each token is
+        // computed alone; token steps are multiples of 8, the widest tile, so tiles stay the same).
+        const q1k_gemm_fn gemm   = lut ? k->gemm_lut : k->gemm;
+        const int64_t     work   = std::max<int64_t>(1, ntok * nb);  // one group
+        const int64_t     gstep  = std::max<int64_t>(1, kAbortCheckWork / work);
+        const int64_t     tstep  = work <= kAbortCheckWork ? ntok : std::max<int64_t>(8, kAbortCheckWork / nb / 8 * 8);
+        const size_t      ostride = op->nb[1] / sizeof(float);
+        for (int64_t g = g0; g < g1; g += gstep) {
+            for (int64_t t = 0; t < ntok; t += tstep) {
+                if ((g > g0 || t > 0) && pybonsai_cpu_abort_requested(params)) {
+                    return true;  // the rows left are garbage; the graph returns GGML_STATUS_ABORTED
+                }
+                gemm(src0->data, K, nrows, g, std::min(g + gstep, g1), act + t * stride, stride,
+                     std::min(tstep, ntok - t), (float *) op->data + t * ostride, ostride);
+            }
         }
         return true;
     }
