@@ -84,3 +84,15 @@ def mid_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "mid-q1_0.gguf"
     path.write_bytes(serialize(base_document(seed=1, shape=MID_SHAPE))[0])
     return path
+
+
+@pytest.fixture(scope="session")
+def wide_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One layer with a wide FFN (3 Q1_0 matrices of 16M weights) and the ~260-token vocabulary of
+    mid_model_path (token ids below 250): a prompt's prefill in one ubatch is a few long nodes."""
+    from gguf_doc import Shape, base_document, serialize
+
+    shape = Shape(n_embd=1024, n_layer=1, n_head=8, n_head_kv=4, head_dim=128, n_ff=16384)
+    path = tmp_path_factory.mktemp("models") / "wide-ffn-q1_0.gguf"
+    path.write_bytes(serialize(base_document(seed=3, shape=shape))[0])
+    return str(path)

@@ -155,17 +155,8 @@ def test_ctrl_c_interrupts_a_prefill(mid_model_path):
 # quarter; checked between ~1 ms slices of work inside the nodes (vendor/patches/0009), it lands
 # in a few ms. The bound is relative to the same prefill measured just before, so it holds on a
 # loaded machine, where both stretch alike.
+# (wide_model_path: conftest.py)
 WIDE_PROMPT = [(7 * i) % 250 for i in range(2000)]
-
-
-@pytest.fixture(scope="module")
-def wide_model_path(tmp_path_factory):
-    from gguf_doc import Shape, base_document, serialize
-
-    shape = Shape(n_embd=1024, n_layer=1, n_head=8, n_head_kv=4, head_dim=128, n_ff=16384)
-    path = tmp_path_factory.mktemp("models") / "wide-ffn-q1_0.gguf"
-    path.write_bytes(serialize(base_document(seed=3, shape=shape))[0])
-    return str(path)
 
 
 def _timed_prefill(llm: Llama, tokens) -> float:

@@ -10,6 +10,7 @@ from pybonsai import Engine, Llama
 from pybonsai.engine import QueueFull
 
 PROMPTS = [f"Story number {i}: once upon a time" for i in range(8)]
+NO_EOS = {151643: -100.0, 151645: -100.0}  # the Qwen end-of-text tokens: generate max_tokens
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +111,14 @@ def test_more_requests_than_slots_and_long_prompts(tiny_model_path):
 
 
 def test_bad_requests_raise_and_queue_bound(tiny_model_path):
-    with Engine(str(tiny_model_path), n_parallel=1, n_ctx=256, n_threads=2, max_queue=1) as e:
-        with pytest.raises(ValueError, match="exceed context window of 256"):
-            e.completion_job(" ".join(["word"] * 400))
+    # (a context long enough that the running request cannot finish while the test submits more,
+    # even on a loaded machine)
+    with Engine(str(tiny_model_path), n_parallel=1, n_ctx=4096, n_threads=2, max_queue=1) as e:
+        with pytest.raises(ValueError, match="exceed context window of 4096"):
+            e.completion_job(" ".join(["word"] * 5000))
         with pytest.raises(ValueError, match="temperature"):
             e.submit(e.completion_job("hi", temperature=float("nan")))
-        running = e.submit(e.completion_job("hi", max_tokens=200, temperature=0))
+        running = e.submit(e.completion_job("hi", max_tokens=4000, temperature=0, logit_bias=NO_EOS))
         next(running.steps())
         waiting = e.submit(e.completion_job("hi", max_tokens=2))
         with pytest.raises(QueueFull):

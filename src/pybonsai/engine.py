@@ -148,6 +148,8 @@ class Engine:
         self._closing = False
         self._close_lock = threading.Lock()
         self._fatal: Optional[BaseException] = None
+        self._step_lock = threading.Lock()  # guards _step_seqs: the sequences of the decode in flight
+        self._step_seqs: frozenset = frozenset()
         self._pickers = ThreadPoolExecutor(max_workers=min(2, n_parallel), thread_name_prefix="pybonsai-grammar")
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="pybonsai-engine", daemon=True)
@@ -223,8 +225,22 @@ class Engine:
                 self._waiting.remove(handle)
             except ValueError:
                 self._wake.notify()  # running (or admitted): the engine frees it at its next step
-                return
-        handle._emit(_Step(finish_reason="cancelled"))
+                running = True
+            else:
+                running = False
+        if running:
+            self._abort_cancelled_step()
+        else:
+            handle._emit(_Step(finish_reason="cancelled"))
+
+    def _abort_cancelled_step(self) -> None:
+        """A decode in flight that serves only cancelled requests stops within ~1 ms of work
+        (vendor/patches/0009) instead of running to its end: a step of a long prompt's prefill
+        takes seconds on a CPU. A decode that also serves live requests runs on."""
+        with self._step_lock:
+            slots = [self._slots[s] for s in self._step_seqs]
+            if slots and self._ctx is not None and all(s.handle is None or s.handle.cancelled for s in slots):
+                self._ctx.request_abort()  # (a decode not started yet resets it: it runs whole)
 
     def create_completion(self, prompt: Union[str, Sequence[int]], **kwargs: Any):
         """Llama.create_completion, run among the engine's other requests."""
@@ -367,10 +383,7 @@ class Engine:
     def _take_admitted(self) -> list[RequestHandle]:
         """Take as many waiting requests as there are free slots (with self._wake held)."""
         n = min(len(self._waiting), sum(s.handle is None for s in self._slots))
-        taken = [self._waiting.popleft() for _ in range(n)]
-        for handle in taken:
-            handle._withdraw = None  # (a cancel now lands at the next step)
-        return taken
+        return [self._waiting.popleft() for _ in range(n)]  # (their cancel: _withdraw, running)
 
     def _admit(self, admitted: list[RequestHandle]) -> None:
         for handle in admitted:
@@ -486,16 +499,22 @@ class Engine:
 
     def _step(self, tokens, pos, seqs, want, rows) -> None:
         t0 = time.monotonic()
+        with self._step_lock:
+            self._step_seqs = frozenset(seqs)
         try:
             self._ctx.decode_batch(tokens, pos, seqs, want)
             if self._spec is not None:
                 self._spec.cost.add(len(tokens), time.monotonic() - t0)
         except Exception as exc:  # the worker survives; the requests in this batch fail
-            for slot in self._slots:  # (or, when close() aborted the decode, end as cancelled)
+            for slot in self._slots:  # (or, when close() or cancels aborted the decode, end as cancelled)
                 if slot.handle is not None and slot.seq in set(seqs):
-                    self._release(slot, event=slot.stream.finish("cancelled") if self._stop else exc,
+                    cancelled = self._stop or slot.handle.cancelled
+                    self._release(slot, event=slot.stream.finish("cancelled") if cancelled else exc,
                                   keep_cells=False)
             return
+        finally:
+            with self._step_lock:
+                self._step_seqs = frozenset()
         for token, seq in zip(tokens, seqs):
             self._slots[seq].cached.append(token)
         self.stats.prompt_tokens += len(tokens) - sum(
