@@ -44,9 +44,17 @@ def commands(args, model: Path) -> dict[str, list[str]]:
                              "--parallel", str(SLOTS), "-c", ctx, "-ngl", "0", "--alias", "m", "--no-webui"]}
 
 
+# Common English words that are one token each (with their leading space) in the Qwen vocabularies,
+# so that a message of n words is ~n tokens (digits are one token each there: "item123" is 4).
+WORDS = ("the of and to in is was for on that with as by at from his it an were are which this be or has had "
+         "not but first one their its new after who they have her she two been other when there all during into "
+         "school time may years more most only over city some world would where later up such used many can "
+         "state about national out known university united then made").split()
+
+
 def user_message(conv: int, turn: int, n_tokens: int) -> str:
-    words = [f"item{(conv * 131 + turn * 17 + j * 7) % 997}" for j in range(n_tokens)]
-    return f"Conversation {conv}, question {turn}: " + " ".join(words[: max(1, n_tokens // 2)])
+    words = (WORDS[(conv * 131 + turn * 17 + j * 7) % len(WORDS)] for j in range(max(1, n_tokens - 10)))
+    return f"Conversation {conv}, question {turn}: " + " ".join(words)
 
 
 async def chat_turn(http: httpx.AsyncClient, url: str, messages: list, gen: int, cache: bool) -> tuple[float, str]:
@@ -57,7 +65,8 @@ async def chat_turn(http: httpx.AsyncClient, url: str, messages: list, gen: int,
     t0 = time.perf_counter()
     first, parts = None, []
     async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:500]}")
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -87,7 +96,9 @@ async def conversation(http, url: str, conv: int, args, cache: bool, decoded: li
 
 
 async def run(url: str, n_conv: int, args, cache: bool, salt: int, decoded: list | None) -> list[list[float]]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0)) as http:
+    # A new connection per request: llama-server may close an idle keep-alive connection just as the
+    # next turn is sent on it ("Server disconnected without sending a response").
+    async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=httpx.Limits(max_keepalive_connections=0)) as http:
         return list(await asyncio.gather(*(conversation(http, url, salt + c, args, cache, decoded if n_conv == 1 else None)
                                           for c in range(n_conv))))
 
@@ -138,7 +149,8 @@ def main() -> int:
             for i, n in enumerate(levels):
                 mine = decoded if name == "ours" and not decoded else None
                 table[(name, n)] = asyncio.run(run(server.url, n, args, name != "ours-nocache", 100 * (i + 1), mine))
-                print(f"{name} x{n}: done", file=sys.stderr, flush=True)
+                ttfts = [f"{statistics.median(c[t] for c in table[(name, n)]):.2f}" for t in range(args.turns)]
+                print(f"{name} x{n}: median TTFT per turn {' '.join(ttfts)}", file=sys.stderr, flush=True)
             if name == "ours" and decoded:  # the prefill-alone reference, on the same server
                 alone_ttft = [asyncio.run(alone(server.url, int(c))) for c in decoded]
         finally:

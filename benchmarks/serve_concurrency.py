@@ -2,7 +2,7 @@
 `llama-server` (same pin, built by build_upstream.sh) and llama-cpp-python's server.
 
     python benchmarks/serve_concurrency.py --model /path/bonsai-8b.gguf --threads 2 --reps 3 \
-        [--lcp-python build/lcp-venv/bin/python] [--servers ours,llama-server,llama-cpp-python]
+        [--lcp-python build/lcp-venv/bin/python] [--servers ours,ours-fa-off,llama-server,llama-cpp-python]
 
 Every client sends one streaming /v1/completions request: a 64-token text prompt (distinct per
 client and run, so no server can reuse a cached prefix) and 64 greedy tokens. All servers stay
@@ -40,9 +40,11 @@ def _free_port() -> int:
 
 def server_commands(args, model: Path) -> dict[str, list[str]]:
     ctx = str(SLOTS * 256)  # 256 tokens per sequence: 64 prompt + 64 generated fit
+    ours = [sys.executable, "-m", "pybonsai.server", "-m", str(model), "--parallel", str(SLOTS), "--n-ctx", ctx,
+            "--threads", str(args.threads), "--log-level", "warning", "--alias", "m"]
     cmds = {
-        "ours": [sys.executable, "-m", "pybonsai.server", "-m", str(model), "--parallel", str(SLOTS), "--n-ctx", ctx,
-                 "--threads", str(args.threads), "--log-level", "warning", "--alias", "m"],
+        "ours": ours,  # flash attention on (serve's default since issue 24)
+        "ours-fa-off": [*ours, "--flash-attn", "off"],  # the default before
         "llama-server": [args.llama_server, "-m", str(model), "-t", str(args.threads), "-tb", str(args.threads),
                          "--parallel", str(SLOTS), "-c", ctx, "-cb", "-ngl", "0", "--alias", "m",
                          "--cache-ram", "0", "--no-webui"],
@@ -194,7 +196,7 @@ def main() -> int:
         print()
         if 1 in ours and 8 in ours:
             print(f"ours c8 / ours c1: {ours[8]['agg_tps'] / ours[1]['agg_tps']:.2f}x")
-        for other in ("llama-server", "llama-cpp-python"):
+        for other in ("ours-fa-off", "llama-server", "llama-cpp-python"):
             if other in med:
                 print(f"ours / {other}: " + ", ".join(f"c{c} {ours[c]['agg_tps'] / med[other][c]['agg_tps']:.2f}x"
                                                    for c in levels if c in med[other]))
