@@ -72,6 +72,7 @@ class Config:
     seed: int = 0
     model: Optional[Path] = None
     log: Optional[Path] = None
+    cache_ram: Optional[int] = None  # the server's --cache-ram MiB (None: serve's default)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Report:
     bursts: list  # (start, end, n_429)
     stalls: list  # (start, end, bytes before, bytes after, end of the grace)
     rss: tuple  # (warm, end) bytes
+    ram_cache: tuple  # (warm, end) bytes of the host-RAM prompt cache (part of the RSS)
     fds: tuple  # (warm, end)
     idle_at_end: dict
     exit_status: Optional[int]
@@ -132,7 +134,8 @@ class Server:
             [sys.executable, "-m", "pybonsai.server", "-m", str(cfg.model or tiny_model()), "--port", str(self.port),
              "--alias", "tiny", "--threads", str(cfg.threads), "--parallel", str(cfg.parallel), "--n-ctx",
              str(2048 * cfg.parallel), "--max-queue", str(cfg.max_queue), "--max-body-bytes", str(cfg.max_body),
-             "--log-level", "warning"], stdout=self._log, stderr=subprocess.STDOUT)
+             "--log-level", "warning", *(["--cache-ram", str(cfg.cache_ram)] if cfg.cache_ram is not None else [])],
+            stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -149,6 +152,13 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
+
+    def ram_cache(self) -> int:
+        """Bytes of saved prompt states the server holds in host RAM (--cache-ram), from /metrics."""
+        for line in httpx.get(self.base + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("pybonsai_prompt_cache_ram_bytes "):
+                return int(float(line.split()[1]))
+        raise RuntimeError("no pybonsai_prompt_cache_ram_bytes in /metrics")
 
     def fds(self) -> int:
         return len(list(Path(f"/proc/{self.proc.pid}/fd").iterdir()))
@@ -508,7 +518,7 @@ def run(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> Report
         warm = [r for r in driver.records if r.outcome not in ("ok", "429")]
         driver.records, driver.bursts, driver.stalls = [], [], []
         server.settle()
-        rss0, fds0 = server.rss(), server.fds()
+        rss0, fds0, cache0 = server.rss(), server.fds(), server.ram_cache()
         progress(f"warm: RSS {rss0 / 2**20:.1f} MiB, {fds0} fds; warm-up problems: {warm}")
         sampler = RssSampler(server, max(1.0, cfg.duration / 20))
         sampler.start()
@@ -517,12 +527,13 @@ def run(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> Report
         elapsed, load1 = time.monotonic() - t0, os.getloadavg()[0]
         sampler.stop.set()
         idle = server.settle(below=fds0)
-        rss1, fds1 = server.rss(), server.fds()
+        rss1, fds1, cache1 = server.rss(), server.fds(), server.ram_cache()
     finally:
         exit_status = server.stop()
     log = server.log_path.read_text("utf-8", errors="replace")
     errors = [line for line in log.splitlines() if "Traceback" in line or "ERROR" in line or "Exception" in line]
-    rep = Report(driver.records, driver.bursts, driver.stalls, (rss0, rss1), (fds0, fds1), idle, exit_status, errors,
+    rep = Report(driver.records, driver.bursts, driver.stalls, (rss0, rss1), (cache0, cache1), (fds0, fds1), idle,
+                 exit_status, errors,
                  elapsed, (load0, load1), warm, sampler.samples)
     classify(rep)
     return rep
@@ -559,6 +570,9 @@ def table(rep: Report) -> str:
              f"| bursts (429s in each) | {len(rep.bursts)} ({', '.join(str(b[2]) for b in rep.bursts)}) |",
              f"| server RSS warm -> end | {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB "
              f"({(rss1 / rss0 - 1) * 100:+.1f}%) |",
+             f"| of which the host-RAM prompt cache (--cache-ram) warm -> end | {rep.ram_cache[0] / 2**20:.1f} -> "
+             f"{rep.ram_cache[1] / 2**20:.1f} MiB; RSS without it {(rss0 - rep.ram_cache[0]) / 2**20:.1f} -> "
+             f"{(rss1 - rep.ram_cache[1]) / 2**20:.1f} MiB |",
              f"| server RSS during the soak (every {rep.elapsed / 20:.0f} s) | "
              f"{' '.join(f'{x / 2**20:.0f}' for x in rep.rss_samples)} MiB |",
              f"| server open fds warm -> end | {fds0} -> {fds1} |",
@@ -586,9 +600,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", type=Path, help="a GGUF (default: the tiny synthetic model)")
     ap.add_argument("--log", type=Path, help="the server's log file (default build/soak-server.log)")
+    ap.add_argument("--cache-ram", type=int, default=None, help="the server's --cache-ram MiB (default: serve's)")
     a = ap.parse_args(argv)
     cfg = Config(a.requests, a.duration, a.workers, a.stall, a.parallel, a.max_queue, a.max_body, a.warmup, a.threads,
-                 a.seed, a.model, a.log)
+                 a.seed, a.model, a.log, a.cache_ram)
     rep = run(cfg, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(table(rep))
     for r in (rep.warm_problems + rep.failures)[:20]:
