@@ -113,13 +113,14 @@ def test_more_requests_than_slots_and_long_prompts(tiny_model_path):
 def test_bad_requests_raise_and_queue_bound(tiny_model_path):
     # (a context long enough that the running request cannot finish while the test submits more,
     # even on a loaded machine)
-    with Engine(str(tiny_model_path), n_parallel=1, n_ctx=4096, n_threads=2, max_queue=1) as e:
-        with pytest.raises(ValueError, match="exceed context window of 4096"):
-            e.completion_job(" ".join(["word"] * 5000))
+    with Engine(str(tiny_model_path), n_parallel=1, n_ctx=16384, n_threads=2, max_queue=1) as e:
+        with pytest.raises(ValueError, match="exceed context window of 16384"):
+            e.completion_job(" ".join(["word"] * 17000))
         with pytest.raises(ValueError, match="temperature"):
             e.submit(e.completion_job("hi", temperature=float("nan")))
-        running = e.submit(e.completion_job("hi", max_tokens=4000, temperature=0, logit_bias=NO_EOS))
-        next(running.steps())
+        running = e.submit(e.completion_job("hi", max_tokens=16000, temperature=0, logit_bias=NO_EOS))
+        steps = running.steps()  # kept: a dropped steps() iterator cancels its request
+        next(steps)
         waiting = e.submit(e.completion_job("hi", max_tokens=2))
         with pytest.raises(QueueFull):
             e.submit(e.completion_job("hi", max_tokens=2))

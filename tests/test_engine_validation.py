@@ -116,9 +116,13 @@ def test_submit_raises_once_the_engine_thread_died(tiny_model_path):
 
 
 def test_cancelled_queued_request_leaves_the_queue_at_once(tiny_model_path):
-    with Engine(str(tiny_model_path), n_parallel=1, n_ctx=1024, n_threads=1, max_queue=2) as e:
-        running = e.submit(e.completion_job("hi", max_tokens=900, temperature=0))
-        next(running.steps())
+    # (the running request must not finish while the test queues more: 900 tiny-model tokens took 0.3 s
+    # on a quiet machine)
+    with Engine(str(tiny_model_path), n_parallel=1, n_ctx=16384, n_threads=1, max_queue=2) as e:
+        running = e.submit(e.completion_job("hi", max_tokens=16000, temperature=0,
+                                            logit_bias={151643: -100.0, 151645: -100.0}))  # no end of text
+        steps = running.steps()  # kept: a dropped steps() iterator cancels its request
+        next(steps)
         queued = [e.submit(e.completion_job("hi", max_tokens=2)) for _ in range(2)]
         with pytest.raises(QueueFull):
             e.submit(e.completion_job("hi", max_tokens=2))
