@@ -71,6 +71,8 @@ tiny_hybrid_model_path, tiny_hybrid_weights = _synthetic_fixtures(
     "tiny-hybrid", "qwen35: 3 Gated DeltaNet layers and 1 gated attention layer, Q1_0")
 ternary_tiny_hybrid_model_path, ternary_tiny_hybrid_weights = _synthetic_fixtures(
     "ternary-tiny-hybrid", "qwen35 as tiny-hybrid, Q2_0")
+tiny_bonsai2_model_path, tiny_bonsai2_weights = _synthetic_fixtures(
+    "tiny-bonsai2", "Bonsai 2: qwen35 as tiny-hybrid, PQ2_0 with PTQ1_0 FFN weights, the Hadamard fold")
 
 
 @pytest.fixture(scope="session")

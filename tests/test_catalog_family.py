@@ -10,7 +10,7 @@ import pytest
 
 from hub_fixtures import hub_env, run_py  # noqa: F401
 from hub_server import HubServer
-from pybonsai import catalog
+from pybonsai import catalog, synth
 
 FAMILY = {  # alias -> (repository, file): what PrismML publishes (see the README's Models table)
     "bonsai-1.7b": ("prism-ml/Bonsai-1.7B-gguf", "Bonsai-1.7B-Q1_0.gguf"),
@@ -21,6 +21,8 @@ FAMILY = {  # alias -> (repository, file): what PrismML publishes (see the READM
     "ternary-bonsai-4b": ("prism-ml/Ternary-Bonsai-4B-gguf", "Ternary-Bonsai-4B-Q2_0_g64.gguf"),
     "ternary-bonsai-8b": ("prism-ml/Ternary-Bonsai-8B-gguf", "Ternary-Bonsai-8B-Q2_0_g64.gguf"),
     "ternary-bonsai-27b": ("prism-ml/Ternary-Bonsai-27B-gguf", "Ternary-Bonsai-27B-Q2_g64.gguf"),
+    "ternary-bonsai-2-27b": ("prism-ml/Ternary-Bonsai-2-27B-gguf", "Ternary-Bonsai-2-27B-PQ2_0.gguf"),
+    "ternary-bonsai-2-27b-ptq1": ("prism-ml/Ternary-Bonsai-2-27B-gguf", "Ternary-Bonsai-2-27B-PTQ1_0.gguf"),
 }
 
 
@@ -41,14 +43,21 @@ def test_family_entries():
 
 @pytest.fixture
 def hub(tiny_model_path, tiny_hybrid_model_path, ternary_tiny_model_path,
-        ternary_tiny_hybrid_model_path) -> Iterator[HubServer]:
+        ternary_tiny_hybrid_model_path, tiny_bonsai2_model_path, tmp_path) -> Iterator[HubServer]:
     """The family's repositories with synthetic stand-ins of the right architecture and type.
     The ternary repositories also hold PrismML's other packings (the deprecated group-128
     `*-Q2_0.gguf` and the fork's `*-PQ2_0.gguf`, here junk bytes): an alias must pick the official
     group-64 file that this llama.cpp loads."""
     server = HubServer()
     stand_in = {"bonsai-27b": tiny_hybrid_model_path, "ternary-bonsai-27b": ternary_tiny_hybrid_model_path}
+    # Bonsai 2's two files differ (the Hub client would not fetch a second copy of the same bytes)
+    other = synth.write_model(tmp_path / "bonsai2-seed1.gguf", "tiny-bonsai2", seed=1)
+    bonsai2 = {FAMILY["ternary-bonsai-2-27b"][1]: tiny_bonsai2_model_path,
+               FAMILY["ternary-bonsai-2-27b-ptq1"][1]: other}
     for alias, (repo, name) in FAMILY.items():
+        if alias.startswith("ternary-bonsai-2-"):  # one repository, both packings
+            server.add_repo(repo, {**bonsai2, "README.md": b"# stand-in\n"})
+            continue
         default = ternary_tiny_model_path if alias.startswith("ternary") else tiny_model_path
         files = {name: stand_in.get(alias, default), "README.md": b"# stand-in\n"}
         if alias.startswith("ternary"):
@@ -78,4 +87,5 @@ report({{"paths": paths, "loaded": llm.model_path, "arch": llm.metadata["general
     assert report["loaded"] == report["paths"]["ternary-bonsai-27b"] and report["arch"] == "qwen35"
     fetched = hub.fetched("GET")
     assert sorted(fetched) == sorted(f"/{repo}/resolve/main/{name}" for repo, name in FAMILY.values())
-    assert not any(p.endswith(("-Q2_0.gguf", "-PQ2_0.gguf")) for p in fetched)
+    # Bonsai 1 ternary aliases take the official Q2_0 file; only Bonsai 2's take a PQ2_0 one
+    assert not any(p.endswith(("-Q2_0.gguf", "-PQ2_0.gguf")) for p in fetched if "-Bonsai-2-" not in p)

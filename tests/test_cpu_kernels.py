@@ -61,6 +61,7 @@ def test_kernel_paths(kernel_test_binary: Path) -> None:
     assert "ALL OK" in res.stdout
     for weights in ("q1_0", "q2_0"):  # both weight types ran (Q2_0: q2_0_kernels.h), on scalar at least
         assert f"{weights} scalar" in res.stdout
+    assert "ternary128 (PQ2_0, PTQ1_0 -> Q2_0): ok" in res.stdout  # Bonsai 2's types onto Q2_0 (q2_0_prism.c)
 
 
 def test_forced_path_falls_back(kernel_test_binary: Path) -> None:

@@ -31,7 +31,9 @@ class CatalogEntry:
 # weights: `*-Q2_0.gguf` is PrismML's deprecated group-128 layout stored under type id 42, which
 # llama.cpp (and so pybonsai) reads as the official group-64 Q2_0 and refuses; `*-PQ2_0.gguf` is
 # the fork-only type 142; `*-Q2_0_g64.gguf` (27B: `*-Q2_g64.gguf`) is the official Q2_0 that
-# loads here. Bonsai 27B is a vision-language model: the GGUF below is its text part (the
+# loads here (and, since patch 0010, `*-PQ2_0.gguf` too). Bonsai 2 (Ternary-Bonsai-2-27B) ships
+# PQ2_0 and PTQ1_0 files of the same weights with PrismML's Hadamard fold (vendor/patches/
+# BONSAI2_FORMAT.md names the sources). Bonsai 27B is a vision-language model: the GGUF below is its text part (the
 # vision projector is a separate mmproj file, which pybonsai does not run).
 MODELS: dict[str, CatalogEntry] = {
     e.alias: e for e in (
@@ -57,6 +59,14 @@ MODELS: dict[str, CatalogEntry] = {
                      "Ternary-Bonsai-27B-Q2_g64.gguf", 7.6,
                      "Ternary Bonsai 27B, ternary Q2_0 group 64 (Qwen3.5 hybrid; text only, the "
                      "vision mmproj is not run)"),
+        CatalogEntry("ternary-bonsai-2-27b", "prism-ml/Ternary-Bonsai-2-27B-gguf",
+                     "Ternary-Bonsai-2-27B-PQ2_0.gguf", 7.6,
+                     "Ternary Bonsai 2 27B, PrismML's PQ2_0 (2.125 bits/weight) with the Hadamard fold "
+                     "(Qwen3.5 hybrid; text only)"),
+        CatalogEntry("ternary-bonsai-2-27b-ptq1", "prism-ml/Ternary-Bonsai-2-27B-gguf",
+                     "Ternary-Bonsai-2-27B-PTQ1_0.gguf", 5.95,
+                     "Ternary Bonsai 2 27B, PrismML's PTQ1_0 (1.75 bits/weight, same weights as PQ2_0) "
+                     "with the Hadamard fold (Qwen3.5 hybrid; text only)"),
     )
 }
 

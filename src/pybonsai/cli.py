@@ -124,6 +124,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"context length:   {meta.get(f'{arch}.context_length', 'unknown')}",
         f"chat template:    {'yes' if 'tokenizer.chat_template' in meta else 'no'}",
     ]
+    rotation = model_info.describe_rotation(meta, summary.small_arrays)
+    if rotation:
+        lines.append(f"rotation:         {rotation}")
     if vision:
         lines.append(f"vision:           a vision-language model ({'; '.join(vision)}): {model_info.VISION_NOTE}")
     elif arch == "qwen35":

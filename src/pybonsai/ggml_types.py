@@ -1,6 +1,7 @@
 """ggml tensor types known to the pinned llama.cpp: block sizes and names.
 
-The `gguf` package on PyPI lags the pin: it has no Q2_0 (type 42), the ternary Bonsai type. This
+The `gguf` package on PyPI lags the pin: it has no Q2_0 (type 42), the ternary Bonsai type, nor
+PrismML's PQ2_0 / PTQ1_0 (142 / 143), which our patch queue adds. This
 table is the gguf package's, completed with the types the pin adds, so that our GGUF scanner and
 `pybonsai info` accept every file the pinned loader accepts.
 """
@@ -12,6 +13,9 @@ __all__ = ["quant_size", "type_name", "bits_per_weight"]
 _EXTRA = {
     41: ("Q1_0", 128, 18),
     42: ("Q2_0", 64, 18),
+    # PrismML's Bonsai 2 types (vendor/patches/0010; layouts: pybonsai.prism_types)
+    142: ("PQ2_0", 128, 34),
+    143: ("PTQ1_0", 128, 28),
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Optional
 from .ggml_types import bits_per_weight, quant_size, type_name
 
 __all__ = ["TextOnlyWarning", "LayerSplit", "layer_split", "has_recurrent_layers", "describe_layers",
-           "vision_markers", "VISION_NOTE", "warn_text_only", "TypeRow", "type_rows"]
+           "vision_markers", "describe_rotation", "VISION_NOTE", "warn_text_only", "TypeRow", "type_rows"]
 
 # Tensor name prefixes of vision towers and projectors (llama.cpp's mmproj naming `v.` / `mm.`,
 # Hugging Face's `visual.` / `vision_tower.`), and metadata key words of the same.
@@ -95,6 +95,31 @@ def describe_layers(meta: Mapping[str, Any]) -> str:
     if arch == "qwen3":
         return f"{count} (all full attention)"
     return count
+
+
+def describe_rotation(meta: Mapping[str, Any], small_arrays: Mapping[str, tuple] = {}) -> Optional[str]:
+    """The Bonsai 2 Hadamard fold a file declares (prism.hadamard.*), or None. The loader checks it
+    (patch 0010): this only reports it."""
+    p = "prism.hadamard."
+    if not any(k.startswith(p) for k in meta):
+        return None
+
+    def count(key: str) -> int:
+        value = meta.get(p + key)
+        return value[1] if isinstance(value, tuple) and value[:1] == ("array",) else 0
+
+    parts = [f"Hadamard fold of Bonsai 2 (prism.hadamard v{meta.get(p + 'version', '?')}), "
+             f"block {meta.get(p + 'block_size', '?')}", f"{count('weight_names')} weights folded"]
+    if meta.get(p + "sign_mode") == "explicit":
+        widths = small_arrays.get(p + "sign_widths")
+        parts.append("explicit signs" + (f" for widths {', '.join(map(str, widths))}" if widths else ""))
+    else:
+        parts.append(f"sign mode {meta.get(p + 'sign_mode', '?')}")
+    if count("inverse_weight_names"):
+        parts.append("token_embd holds rotated rows")
+    if meta.get(p + "gdn_v_grouped"):
+        parts.append("ssm_out reads grouped value heads")
+    return "; ".join(parts)
 
 
 def vision_markers(meta: Mapping[str, Any], tensor_names: Iterable[str] = ()) -> list[str]:

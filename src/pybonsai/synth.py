@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import q1_0, q2_0
-from .synth_shapes import SHAPES, WEIGHT_TYPES, ModelShape, arch_metadata, tensor_plan
+from . import prism_types, q1_0, q2_0, synth_prism
+from .synth_shapes import SHAPES, WEIGHT_TYPES, ModelShape, arch_metadata, tensor_plan, tensor_wtype
 
 __all__ = ["ModelShape", "SHAPES", "find_llama_cpp_dir", "write_model", "read_weights", "main"]
 
@@ -36,7 +36,9 @@ ARCH_FILES = {
     "mamba": ("models/ggml-vocab-gpt-neox.gguf", None),  # mamba-130m's tokenizer; no chat template
 }
 _DEQUANT = {41: (q1_0.BLOCK, q1_0.BLOCK_BYTES, q1_0.dequantize_q1_0),
-            42: (q2_0.BLOCK, q2_0.BLOCK_BYTES, q2_0.dequantize_q2_0)}
+            42: (q2_0.BLOCK, q2_0.BLOCK_BYTES, q2_0.dequantize_q2_0),
+            142: (128, 34, lambda raw, k: prism_types.dequantize_pq2_0(raw, raw.size // 34 * 128).reshape(-1, k)),
+            143: (128, 28, lambda raw, k: prism_types.dequantize_ptq1_0(raw, raw.size // 28 * 128).reshape(-1, k))}
 _LLAMA_CPP_ENV = "PYBONSAI_LLAMA_CPP_DIR"
 
 
@@ -103,6 +105,8 @@ def _make_tensor(seed: int, name: str, shape: tuple[int, ...], quantized: bool, 
     _, block, block_bytes = WEIGHT_TYPES[wtype]
     nb = k // block
     base = 1.0 if name.startswith("token_embd") else 1.0 / np.sqrt(k)
+    if wtype in ("pq2_0", "ptq1_0"):
+        return synth_prism.make_ternary128(rng, wtype, rows, k, base)
     if wtype == "q2_0":
         base *= np.sqrt(2.0)
     out = np.empty((rows, nb, block_bytes), dtype=np.uint8)
@@ -135,11 +139,12 @@ def _tokenizer_fields(vocab_gguf: Path) -> list[tuple[str, Any, Any, Any]]:
     """(key, value, type, sub_type) of every tokenizer.* key except the chat template; strings
     are raw bytes, arrays lists, types gguf.GGUFValueType."""
     st = vocab_gguf.stat()  # cache per file version
-    return list(_read_tokenizer_fields(str(vocab_gguf.resolve()), st.st_mtime_ns, st.st_size))
+    return list(_read_fields(str(vocab_gguf.resolve()), st.st_mtime_ns, st.st_size, "tokenizer."))
 
 
 @functools.lru_cache(maxsize=2)
-def _read_tokenizer_fields(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[Any, ...], ...]:
+def _read_fields(path: str, _mtime_ns: int, _size: int, prefix: str) -> tuple[tuple[Any, ...], ...]:
+    """The header's keys that start with `prefix` (tokenizer.*: except the chat template)."""
     from gguf import GGUFValueType as T
 
     buf = Path(path).read_bytes()
@@ -189,7 +194,7 @@ def _read_tokenizer_fields(path: str, _mtime_ns: int, _size: int) -> tuple[tuple
             entry = (key, string(), T.STRING, None)
         else:
             entry = (key, take(_SCALAR_FORMATS[vtype]), T(vtype), None)
-        if key.startswith("tokenizer.") and key != "tokenizer.chat_template":
+        if key.startswith(prefix) and key != "tokenizer.chat_template":
             fields.append(entry)
     return tuple(fields)
 
@@ -247,13 +252,13 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
         raise ValueError(f"{vocab_gguf} has no tokenizer.ggml.tokens")
     tok = _padded_tokenizer(tok, shape.n_vocab)
     plan = tensor_plan(shape, max(len(tokens), shape.n_vocab))
-    type_id, block, block_bytes = WEIGHT_TYPES[shape.wtype]
 
     tmp = path.with_name(path.name + ".partial")
     writer = gguf.GGUFWriter(str(tmp), shape.arch)
     try:
         writer.add_name(f"pybonsai synthetic {shape.arch} {shape.wtype} (seed {seed})")
-        writer.add_file_type({"q1_0": 40, "q2_0": 41}[shape.wtype])  # LLAMA_FTYPE_MOSTLY_Q1_0 / _Q2_0
+        if shape.wtype in ("q1_0", "q2_0"):  # LLAMA_FTYPE_MOSTLY_Q1_0 / _Q2_0 (Bonsai 2's are not settled)
+            writer.add_file_type({"q1_0": 40, "q2_0": 41}[shape.wtype])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for method, value in arch_metadata(shape):
             getattr(writer, method)(value)
@@ -263,9 +268,12 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
             writer.add_add_bos_token(False)  # what Qwen3 GGUFs declare
         if chat_template is not None:
             writer.add_chat_template(chat_template)
+        for key, value, vtype, sub_type in synth_prism.prism_fields(shape, plan, seed):
+            writer.add_key_value(key, value, vtype, sub_type)
 
         for name, shp, quantized in plan:
             if quantized:  # the element shape with the raw type id (the gguf package may not know it)
+                type_id, block, block_bytes = WEIGHT_TYPES[tensor_wtype(shape, name)]
                 nbytes = shp[0] * (shp[1] // block) * block_bytes
                 writer.add_tensor_info(name, shp, np.dtype(np.int8), nbytes, raw_dtype=type_id)
             else:
@@ -274,7 +282,7 @@ def write_model(path: str | os.PathLike[str], shape: str | ModelShape = "tiny", 
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for name, shp, quantized in plan:
-            writer.write_tensor_data(_make_tensor(seed, name, shp, quantized, shape.wtype))
+            writer.write_tensor_data(_make_tensor(seed, name, shp, quantized, tensor_wtype(shape, name)))
         writer.close()
         os.replace(tmp, path)
     except BaseException:
@@ -319,7 +327,7 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
         head_dim=get(a + "attention.key_length"), n_ff=get(a + "feed_forward_length"),
         n_ctx_train=get(a + "context_length"), rope_theta=get(a + "rope.freq_base"),
         rms_eps=get(a + "attention.layer_norm_rms_epsilon"), arch=arch,
-        wtype="q2_0" if 42 in types else "q1_0", **hybrid)
+        wtype={42: "q2_0", 142: "pq2_0", 143: "ptq1_0"}.get(max(types, default=41), "q1_0"), **hybrid)
     data = np.memmap(summary.path, dtype=np.uint8, mode="r")
     weights: dict[str, Any] = {}
     for t in summary.tensors:
@@ -334,6 +342,11 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
         else:
             raise ValueError(f"{path}: tensor {t.name} has unsupported type {t.type_name}")
     weights["hparams"] = {**asdict(shape), "n_vocab": weights["token_embd.weight"].shape[0]}
+    if any(k.startswith("prism.hadamard.") for k in meta):  # Bonsai 2: the primal weights
+        st = Path(path).stat()
+        fields = {k: v for k, v, *_ in _read_fields(str(Path(path).resolve()), st.st_mtime_ns, st.st_size,
+                                                      "prism.hadamard.")}
+        synth_prism.unfold(weights, fields, weights["hparams"])
     return weights
 
 

@@ -21,10 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["ModelShape", "SHAPES", "WEIGHT_TYPES", "tensor_plan", "arch_metadata", "is_recurrent_layer"]
+__all__ = ["ModelShape", "SHAPES", "WEIGHT_TYPES", "tensor_plan", "tensor_wtype", "arch_metadata",
+           "is_recurrent_layer"]
 
 # weight type name -> (ggml type id, weights per block, bytes per block)
-WEIGHT_TYPES = {"q1_0": (41, 128, 18), "q2_0": (42, 64, 18)}
+WEIGHT_TYPES = {"q1_0": (41, 128, 18), "q2_0": (42, 64, 18),
+                # PrismML's Bonsai 2 types (pybonsai.synth_prism)
+                "pq2_0": (142, 128, 34), "ptq1_0": (143, 128, 28)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class ModelShape:
     n_vocab: int = 0                      # pad the tokenizer to this many tokens (0: as is)
     ssm_dt_rank: int = 0                  # mamba only: rank of the dt projection
     pooling_type: int = -1                # {arch}.pooling_type (1 mean, 2 cls, 3 last); -1: not written
+    # Bonsai 2 (pybonsai.synth_prism)
+    wtype_ffn: str = ""                   # the FFN matrices' weight type, when not wtype
+    hadamard_block: int = 0               # prism.hadamard.block_size; 0: no rotation
+    fold_skip: tuple[str, ...] = ()       # foldable weights left unfolded
 
     @property
     def block(self) -> int:
@@ -73,8 +80,15 @@ class ModelShape:
     def validate(self) -> None:
         if self.arch not in ("qwen3", "qwen35", "mamba"):
             raise ValueError(f"unknown architecture {self.arch!r}")
-        if self.wtype not in WEIGHT_TYPES:
-            raise ValueError(f"unknown weight type {self.wtype!r}; choose from {sorted(WEIGHT_TYPES)}")
+        for wtype in (self.wtype, self.wtype_ffn or self.wtype):
+            if wtype not in WEIGHT_TYPES:
+                raise ValueError(f"unknown weight type {wtype!r}; choose from {sorted(WEIGHT_TYPES)}")
+        if WEIGHT_TYPES[self.wtype_ffn or self.wtype][1] != self.block:
+            raise ValueError("wtype_ffn must have the block size of wtype")
+        if self.hadamard_block and (self.hadamard_block & (self.hadamard_block - 1) or
+                                    any(k % self.hadamard_block for k in
+                                        (self.n_embd, self.n_ff, self.n_head * self.head_dim, self.value_dim))):
+            raise ValueError("hadamard_block must be a power of two dividing every input width")
         if self.pooling_type not in (-1, 0, 1, 2, 3):
             raise ValueError("pooling_type must be -1 (none written), 0 none, 1 mean, 2 cls or 3 last")
         if self.arch == "mamba":
@@ -138,6 +152,19 @@ SHAPES: dict[str, ModelShape] = {
     "tiny-embed": ModelShape(**_TINY, pooling_type=1),
 }
 SHAPES["ternary-tiny-hybrid"] = replace(SHAPES["tiny-hybrid"], wtype="q2_0")
+# Bonsai 2 (Ternary-Bonsai-2-27B): the qwen35 27B in PQ2_0 or PTQ1_0 with the Hadamard fold of block
+# 1024; the tiny one mixes both types (FFN in PTQ1_0), folds every foldable weight but one, block 128
+SHAPES["tiny-bonsai2"] = replace(SHAPES["tiny-hybrid"], wtype="pq2_0", wtype_ffn="ptq1_0", hadamard_block=128,
+                                 fold_skip=("blk.0.ffn_down.weight",))
+SHAPES["bonsai2-27b-pq2"] = ModelShape(**_QWEN35_27B, wtype="pq2_0", hadamard_block=1024)
+SHAPES["bonsai2-27b-ptq1"] = ModelShape(**_QWEN35_27B, wtype="ptq1_0", hadamard_block=1024)
+
+
+def tensor_wtype(shape: ModelShape, name: str) -> str:
+    """The weight type of a quantized tensor of the shape."""
+    if shape.wtype_ffn and ".ffn_" in name:
+        return shape.wtype_ffn
+    return shape.wtype
 
 
 def is_recurrent_layer(shape: ModelShape, il: int) -> bool:

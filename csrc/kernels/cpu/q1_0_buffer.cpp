@@ -4,7 +4,8 @@
 // (q2_0_kernels.h): only its repack and its activation quantization differ.
 //
 // llama.cpp places a weight in this buffer type only when supports_op() accepts the op the
-// weight is used by: MUL_MAT of a 2-D Q1_0 (or Q2_0, K % 128 == 0) matrix with F32 activations.
+// weight is used by: MUL_MAT of a 2-D Q1_0 (or Q2_0, K % 128 == 0; or PrismML's PQ2_0 / PTQ1_0,
+// which are repacked as Q2_0: q2_0_prism.c) matrix with F32 activations.
 // token_embd (used by GET_ROWS) therefore stays in the plain CPU buffer; output.weight (MUL_MAT)
 // comes here.
 //
@@ -37,15 +38,20 @@ extern "C" ggml_backend_buffer_type_t pybonsai_q1_0_buffer_type(void);
 
 namespace {
 
+// Q2_0 and the types that run as Q2_0 (PrismML's ternary PQ2_0 / PTQ1_0, q2_0_kernels.h)
+bool q2_like(ggml_type type) {
+    return type == GGML_TYPE_Q2_0 || type == GGML_TYPE_PQ2_0 || type == GGML_TYPE_PTQ1_0;
+}
+
 bool q1k_eligible(const ggml_tensor * t) {
-    const bool q2 = t->type == GGML_TYPE_Q2_0 && q2k_select() != nullptr;  // PYBONSAI_Q2_KERNEL=upstream: not
+    const bool q2 = q2_like(t->type) && q2k_select() != nullptr;  // PYBONSAI_Q2_KERNEL=upstream: not
     return (t->type == GGML_TYPE_Q1_0 || q2) && t->ne[2] == 1 && t->ne[3] == 1 && t->ne[0] % Q1K_QK == 0 &&
            ggml_is_contiguous(t);
 }
 
 // the columns our kernels see: a Q2_0 matrix runs as a Q1_0 one of twice the columns
 int64_t kernel_k(const ggml_tensor * w) {
-    return w->type == GGML_TYPE_Q2_0 ? q2k_virtual_k(w->ne[0]) : w->ne[0];
+    return q2_like(w->type) ? q2k_virtual_k(w->ne[0]) : w->ne[0];
 }
 
 // Block x token products per abort check (~1-2 ms of one Zen 3 core): a group of 16 rows of a
@@ -85,7 +91,7 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
 
         const int     ith    = params->ith;
         const int     nth    = params->nth;
-        const bool    q2     = src0->type == GGML_TYPE_Q2_0;
+        const bool    q2     = q2_like(src0->type);
         const int64_t K      = kernel_k(src0);
         const int64_t nrows  = src0->ne[1];
         const int64_t ne11   = src1->ne[1];
@@ -163,6 +169,8 @@ void buffer_set_tensor(ggml_backend_buffer_t /*buffer*/, ggml_tensor * tensor, c
         GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
         if (tensor->type == GGML_TYPE_Q2_0) {
             q2k_repack(data, tensor->data, tensor->ne[1], tensor->ne[0]);
+        } else if (tensor->type == GGML_TYPE_PQ2_0 || tensor->type == GGML_TYPE_PTQ1_0) {
+            q2k_repack_ternary128((int) tensor->type, data, tensor->data, tensor->ne[1], tensor->ne[0]);
         } else {
             q1k_repack(data, tensor->data, tensor->ne[1], tensor->ne[0]);
         }

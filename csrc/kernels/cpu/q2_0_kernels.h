@@ -50,6 +50,17 @@ static inline size_t q2k_packed_size(int64_t nrows, int64_t K) {
  * virtual matrix; a kernel's relayout then takes (dst, nrows, q2k_virtual_k(K))) */
 void q2k_repack(const void * src, void * dst, int64_t nrows, int64_t K);
 
+/* PrismML's ternary types of 128 weights per fp16 scale (PQ2_0, ggml type 142; PTQ1_0, 143) hold a
+ * subset of Q2_0's values ({-d, 0, +d}): a row of them becomes K/64 Q2_0 blocks (each block of 128 ->
+ * two Q2_0 blocks with its scale) and runs on the Q2_0 path above (2.25 bits per weight in memory,
+ * where the files hold 2.125 and 1.75). q2k_repack_ternary128(type, ...) takes rows of such blocks.
+ * (q2_0_prism.c) */
+#define Q2K_TYPE_PQ2_0 142
+#define Q2K_TYPE_PTQ1_0 143
+void q2k_repack_ternary128(int type, const void * src, void * dst, int64_t nrows, int64_t K);
+/* one block of 128 (34 or 28 bytes) -> two Q2_0 blocks (36 bytes) */
+void q2k_ternary128_to_q2_0(int type, const uint8_t * src, uint8_t * dst);
+
 /* one token, Q2_0 blocks [b0, b1) of it: x[K] floats -> dst, a q1k_act_stride(q2k_virtual_k(K))
  * record, with kernel k's quantization (so the int8 values and scales are that path's) */
 void q2k_quant(const q1k_kernel * k, const float * x, void * dst, int64_t K, int64_t b0, int64_t b1);

@@ -158,6 +158,76 @@ static int check(const q1k_kernel * k, int q2, int64_t nrows, int64_t K, int64_t
     return bad;
 }
 
+// PrismML's ternary blocks of 128 (q2_0_prism.c) -> two Q2_0 blocks: every code of the converted
+// blocks against a decode written here (PTQ1_0: the byte's value v = byte * 243 / 256 rounded down,
+// its base-3 digits by division, most significant first; PQ2_0: every byte value), and the packed
+// matrix of q2k_repack_ternary128 byte-identical to q2k_repack of the converted rows (37 rows: a
+// partial row group)
+static int q2_code(const uint8_t * q2blocks, int e) {  // code of weight e (0..127) of two Q2_0 blocks
+    const uint8_t * b = q2blocks + 18 * (e / 64);
+    return (b[2 + (e % 64) / 4] >> (2 * (e % 4))) & 3;
+}
+
+static int check_ternary128(void) {
+    int bad = 0;
+    uint8_t blk[34], out[36];
+    for (int t = 0; t < 64; t++) {  // PQ2_0: bytes 4t..4t+3 spread over the block, scale 0x3c00 (1.0)
+        blk[0] = 0x00; blk[1] = 0x3c;
+        for (int j = 0; j < 32; j++) blk[2 + j] = (uint8_t) (4 * t + j * 37);
+        q2k_ternary128_to_q2_0(Q2K_TYPE_PQ2_0, blk, out);
+        for (int e = 0; e < 128; e++) bad += q2_code(out, e) != ((blk[2 + e / 4] >> (2 * (e % 4))) & 3);
+        bad += out[0] != 0x00 || out[1] != 0x3c || out[18] != 0x00 || out[19] != 0x3c;
+    }
+    for (int v0 = 0; v0 < 243; v0++) {  // PTQ1_0: every 5-digit value in every qs byte, every 4-digit one in qh
+        uint8_t p[28], codes[128];
+        for (int j = 0; j < 24; j++) {
+            const int v = (v0 + 17 * j) % 243;
+            p[j] = (uint8_t) ((v * 256 + 242) / 243);
+        }
+        for (int j = 0; j < 2; j++) {
+            const int v = (v0 + 29 * j) % 81;
+            p[24 + j] = (uint8_t) ((3 * v * 256 + 242) / 243);
+        }
+        p[26] = 0x66; p[27] = 0x2e;
+        for (int j = 0; j < 26; j++) {
+            const int v = p[j] * 243 / 256, nd = j < 24 ? 5 : 5;  // qh: 4 digits and a 0
+            const int stride = j < 16 ? 16 : j < 24 ? 8 : 2, base = j < 16 ? 0 : j < 24 ? 80 : 120;
+            const int m = j < 16 ? j : j < 24 ? j - 16 : j - 24;
+            int rest = v;
+            for (int d = nd - 1; d >= 0; d--) {
+                const int digit = rest % 3;
+                rest /= 3;
+                if (j >= 24 && d == 4) continue;  // the padding digit
+                codes[base + m + stride * d] = (uint8_t) digit;
+            }
+        }
+        q2k_ternary128_to_q2_0(Q2K_TYPE_PTQ1_0, p, out);
+        for (int e = 0; e < 128; e++) bad += q2_code(out, e) != codes[e];
+        bad += out[0] != 0x66 || out[1] != 0x2e || out[18] != 0x66 || out[19] != 0x2e;
+    }
+    const int64_t nrows = 37, K = 384, nb = K / 128;
+    for (int type = Q2K_TYPE_PQ2_0; type <= Q2K_TYPE_PTQ1_0; type++) {
+        const int sb = type == Q2K_TYPE_PQ2_0 ? 34 : 28;
+        uint8_t * src = malloc((size_t) (nrows * nb * sb));
+        uint8_t * conv = malloc((size_t) (nrows * nb * 36));
+        uint8_t * a = malloc(q2k_packed_size(nrows, K));
+        uint8_t * b = malloc(q2k_packed_size(nrows, K));
+        for (int64_t i = 0; i < nrows * nb * sb; i++) src[i] = (uint8_t) (rand() & 0xff);
+        for (int64_t i = 0; i < nrows * nb; i++) {
+            if (type == Q2K_TYPE_PTQ1_0) src[i * sb + 27] &= 0x3f;  // a finite scale
+            q2k_ternary128_to_q2_0(type, src + i * sb, conv + i * 36);
+        }
+        memset(a, 0, q2k_packed_size(nrows, K));
+        memset(b, 0, q2k_packed_size(nrows, K));
+        q2k_repack_ternary128(type, src, a, nrows, K);
+        q2k_repack(conv, b, nrows, K);
+        bad += memcmp(a, b, q2k_packed_size(nrows, K)) != 0;
+        free(src); free(conv); free(a); free(b);
+    }
+    printf("ternary128 (PQ2_0, PTQ1_0 -> Q2_0): %s\n", bad ? "FAIL" : "ok");
+    return bad != 0;
+}
+
 int main(int argc, char ** argv) {
     const q1k_kernel * paths[3] = { q1k_kernel_scalar(), NULL, NULL };
     if (q1k_kernel_avx2() && q1k_cpu_has_avx2()) paths[1] = q1k_kernel_avx2();
@@ -177,6 +247,7 @@ int main(int argc, char ** argv) {
                 for (size_t c = 0; c < sizeof toks / sizeof *toks; c++)
                     for (int q2 = 0; q2 < 2; q2++) fails += check(paths[p], q2, rows[a], ks[b], toks[c]);
     }
+    fails += check_ternary128();
     printf("selected: %s, q2_0: %s\n%s\n", pybonsai_q1_0_kernel_name(), pybonsai_q2_0_kernel_name(),
            fails ? "FAILED" : "ALL OK");
     return fails != 0;
