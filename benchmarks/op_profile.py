@@ -85,7 +85,7 @@ def main() -> int:
           f"({1e3 / wall_ms:.2f} tok/s)")
     print("| op | nodes per token | compute ms/token | waiting after it, ms/token | share of the token |")
     print("|---|---:|---:|---:|---:|")
-    quant = ("MUL_MAT(Q1_0): activation quantization", "MUL_MAT(Q2_0): activation quantization")
+    quant = tuple(f"MUL_MAT({n}): activation quantization" for n in ("Q1_0", "Q2_0", "PQ2_0", "PTQ1_0"))
     inside = 0.0
     for name, (count, compute, wait) in sorted(per_op.items(), key=lambda kv: -(kv[1][1] + kv[1][2])):
         if name not in quant:  # a part of MUL_MAT(Q1_0) or MUL_MAT(Q2_0), listed below it
@@ -93,7 +93,7 @@ def main() -> int:
         print(f"| {name} | {count:.1f} | {compute:.3f} | {wait:.3f} | {(compute + wait) / wall_ms:.1%} |")
     print(f"| outside the graph | | {wall_ms - inside:.3f} | | {(wall_ms - inside) / wall_ms:.1%} |")
     weights = bytes_per_token(model, 0)[1]["weights_bytes"]
-    kinds = [n for n in ("Q1_0", "Q2_0") if per_op.get(f"MUL_MAT({n})", (0, 0))[1] > 0]
+    kinds = [n for n in ("Q1_0", "Q2_0", "PQ2_0", "PTQ1_0") if per_op.get(f"MUL_MAT({n})", (0, 0))[1] > 0]
     mm_ms = sum(per_op[f"MUL_MAT({n})"][1] for n in kinds)
     if mm_ms > 0:
         rate = weights / (mm_ms * 1e-3) / 1e9

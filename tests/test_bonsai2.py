@@ -24,11 +24,13 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import openai
 import pytest
 
 import hybrid_reference as ref
 from pybonsai import Llama, prism_types, synth, synth_prism
 from pybonsai._core import LlamaError
+from server_process import ServerProcess
 
 REL_TOL = 0.08
 N_TOKENS = 40
@@ -168,7 +170,8 @@ def test_ggml_dequantize_is_bit_identical_to_numpy():
     np.testing.assert_array_equal(_ggml_to_float(143, ptq, n), prism_types.dequantize_ptq1_0(ptq, n))
 
 
-def test_generates_and_serves_through_the_engine(tiny_bonsai2_model_path):
+def test_generates_and_serves(tiny_bonsai2_model_path, tmp_path):
+    """Llama, the Engine and `pybonsai serve` (the real openai client) give the same greedy texts."""
     from pybonsai import Engine
 
     prompts = ["Story number 1: once upon a time", "Story number 2: the river"]
@@ -178,6 +181,14 @@ def test_generates_and_serves_through_the_engine(tiny_bonsai2_model_path):
     with Engine(str(tiny_bonsai2_model_path), n_parallel=2, n_ctx=1024, n_threads=2) as e:
         got = [e.create_completion(p, max_tokens=6, temperature=0)["choices"][0]["text"] for p in prompts]
     assert got == want
+    srv = ServerProcess(tiny_bonsai2_model_path, "--parallel", "2", "--n-ctx", "1024", log=tmp_path / "server.log")
+    try:
+        with openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
+            served = [client.completions.create(model="tiny", prompt=p, max_tokens=6, temperature=0).choices[0].text
+                      for p in prompts]
+    finally:
+        assert srv.terminate() == 0, srv.log()
+    assert served == want
 
 
 # --- malformed rotation metadata: a LlamaError naming the problem, never a garbage model ----------

@@ -128,7 +128,12 @@ class q1k_tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t t_barrier = t_quant ? q1k_profile_now() : 0;
         ggml_barrier(params->threadpool);
         if (t_quant) {
-            q1k_profile_add(ith, q2 ? Q1K_PROFILE_QUANT_Q2 : Q1K_PROFILE_QUANT,
+            const ggml_type type = src0->type;
+            q1k_profile_add(ith,
+                            type == GGML_TYPE_PQ2_0 ? Q1K_PROFILE_QUANT_PQ2 : type == GGML_TYPE_PTQ1_0 ? Q1K_PROFILE_QUANT_PTQ1 :
+                            q2 ? Q1K_PROFILE_QUANT_Q2 : Q1K_PROFILE_QUANT,
+                            type == GGML_TYPE_PQ2_0 ? "MUL_MAT(PQ2_0): activation quantization" :
+                            type == GGML_TYPE_PTQ1_0 ? "MUL_MAT(PTQ1_0): activation quantization" :
                             q2 ? "MUL_MAT(Q2_0): activation quantization" : "MUL_MAT(Q1_0): activation quantization",
                             t_quant, t_barrier, q1k_profile_now());
         }

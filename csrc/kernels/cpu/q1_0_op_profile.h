@@ -24,6 +24,11 @@ extern "C" {
 #define Q1K_PROFILE_QUANT   201  //   of which: quantizing (and tabulating) the activations
 #define Q1K_PROFILE_MUL_MAT_Q2 202  // MUL_MAT of Q2_0 weights (ours or upstream's): the whole op
 #define Q1K_PROFILE_QUANT_Q2   203  //   of which (ours): quantizing (and tabulating) the activations
+#define Q1K_PROFILE_MUL_MAT_PQ2 204   // MUL_MAT of PrismML's PQ2_0 weights (vendor/patches/0010)
+#define Q1K_PROFILE_QUANT_PQ2   205   //   of which (ours): quantizing (and tabulating) the activations
+#define Q1K_PROFILE_MUL_MAT_PTQ1 206  // MUL_MAT of PrismML's PTQ1_0 weights
+#define Q1K_PROFILE_QUANT_PTQ1  207   //   of which (ours): quantizing (and tabulating) the activations
+#define Q1K_PROFILE_HADAMARD    208   // the Hadamard transform of Bonsai 2's rotation (a hinted MUL_MAT)
 #define Q1K_PROFILE_THREADS 64   // threads with a higher index are not counted
 
 int     q1k_profile_on(void);  // PYBONSAI_OP_PROFILE set and not "0" (read once)
