@@ -45,6 +45,21 @@ def kv_q8_bytes(model: Path, n_ctx: int) -> int:
     return n_attn * 2 * n_ctx * per_cell * 34 // 32
 
 
+def recurrent_state_bytes(model: Path) -> int:
+    """One sequence's recurrent state (f32): each Gated DeltaNet layer's value heads x head size^2
+    and its conv state ((conv width - 1) x conv channels); 0 for a model without one."""
+    from pybonsai.gguf_file import scan_gguf
+
+    s = scan_gguf(model)
+    meta, arch = s.metadata, s.metadata["general.architecture"]
+    n_linear = sum(1 for t in s.tensors if t.name.endswith(".ssm_out.weight"))
+    if n_linear == 0:
+        return 0
+    d_state, v_heads = int(meta[f"{arch}.ssm.state_size"]), int(meta[f"{arch}.ssm.time_step_rank"])
+    conv_ch = 2 * d_state * int(meta[f"{arch}.ssm.group_count"]) + d_state * v_heads
+    return n_linear * 4 * (v_heads * d_state * d_state + (int(meta[f"{arch}.ssm.conv_kernel"]) - 1) * conv_ch)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="bonsai-27b,ternary-bonsai-8b,ternary-bonsai-27b",
@@ -98,15 +113,19 @@ def main() -> int:
                                 upstream_tg32=up_tg, upstream_pp64=up_pp, ours_tg32=our_tg, ours_pp64=our_pp,
                                 of_ceiling=frac))
     if args.rss:
-        print("\n| model | file MiB | q8_0 KV cache (4096 cells) MiB | peak RSS MiB | RSS - file - KV MiB |")
-        print("|---|---:|---:|---:|---:|")
+        print("\n| model | file MiB | q8_0 KV cache (4096 cells) MiB | recurrent state MiB | peak RSS MiB "
+              "| RSS - file - KV MiB | RSS - file - KV - state MiB |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for shape in args.shapes.split(","):
             model = model_file(shape)
             row = ours(model, 2, ["-c", "4096", "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on"])[0]
             file_mb, kv_mb = model.stat().st_size / 2**20, kv_q8_bytes(model, 4096) / 2**20  # MiB, as bench
-            print(f"| {shape} | {file_mb:.0f} | {kv_mb:.0f} | {row['peak_rss_mb']:.0f} | "
-                  f"{row['peak_rss_mb'] - file_mb - kv_mb:.0f} |", flush=True)
-            results.append(dict(shape=shape, file_mb=file_mb, kv_mb=kv_mb, peak_rss_mb=row["peak_rss_mb"]))
+            state_mb = recurrent_state_bytes(model) / 2**20
+            print(f"| {shape} | {file_mb:.0f} | {kv_mb:.0f} | {state_mb:.0f} | {row['peak_rss_mb']:.0f} | "
+                  f"{row['peak_rss_mb'] - file_mb - kv_mb:.0f} | {row['peak_rss_mb'] - file_mb - kv_mb - state_mb:.0f} |",
+                  flush=True)
+            results.append(dict(shape=shape, file_mb=file_mb, kv_mb=kv_mb, state_mb=state_mb,
+                                peak_rss_mb=row["peak_rss_mb"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
