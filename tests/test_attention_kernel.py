@@ -22,7 +22,8 @@ class Args(ctypes.Structure):
                 ("k", ctypes.c_void_p), ("k_row", ctypes.c_size_t), ("k_head", ctypes.c_size_t),
                 ("v", ctypes.c_void_p), ("v_row", ctypes.c_size_t), ("v_head", ctypes.c_size_t),
                 ("mask", ctypes.c_void_p), ("mask_row", ctypes.c_size_t),
-                ("dst", ctypes.c_void_p), ("dst_tok", ctypes.c_size_t), ("dst_head", ctypes.c_size_t)]
+                ("dst", ctypes.c_void_p), ("dst_tok", ctypes.c_size_t), ("dst_head", ctypes.c_size_t),
+                ("order", ctypes.c_void_p)]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,46 @@ def test_matches_the_reference(lib, path, D, n_head, n_head_kv, n_kv, n_q, maske
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
         if use_mask and n_q > 1:
             assert not got[1].any()
+
+
+@pytest.mark.parametrize("path", ["avx2", "avx512"])
+@pytest.mark.parametrize("D, n_head, n_head_kv", [(128, 32, 8), (64, 12, 4), (24, 6, 3)])
+def test_cells_followed_in_the_given_order_wherever_they_lie(lib, path, D, n_head, n_head_kv):
+    """With `order`, a token's result is the same bit for bit as with its cells packed in that
+    order at the front of the cache: what llama.cpp's KV cache relies on (vendor/patches/0012)
+    when a sequence's cells lie out of position order among other sequences' cells."""
+    if path == "avx512" and (not lib.q1k_attn_avx512_usable() or D % 16):
+        pytest.skip("the AVX-512 instance needs AVX-512 and a head size that is a multiple of 16")
+    decode = {"avx2": lib.q1k_attn_decode_avx2, "avx512": lib.q1k_attn_decode_avx512}[path]
+    rng = np.random.default_rng(D + n_head)
+    n_live, n_kv, n_q = 203, 640, 2
+    q, k_live, v_live, _ = _case(rng, D, n_head, n_head_kv, n_live, n_q, 0, 0.0)
+    cells = rng.permutation(n_kv)[:n_live]  # where the sequence's cells lie, in position order
+    k = (rng.standard_normal((n_head_kv, n_kv, D)) * 0.5).astype(np.float16)  # other sequences' cells
+    v = rng.standard_normal((n_head_kv, n_kv, D)).astype(np.float16)
+    k[:, cells], v[:, cells] = k_live, v_live
+    mask = np.full((n_q, n_kv), -np.inf, np.float16)
+    mask[0, cells] = 0
+    mask[1, cells[:150]] = 0  # an earlier token sees a prefix of them
+    packed_mask = np.full((n_q, n_live), -np.inf, np.float16)
+    packed_mask[0], packed_mask[1, :150] = 0, 0
+    others = np.setdiff1d(np.arange(n_kv), cells)
+    order = np.concatenate([cells, rng.permutation(others)]).astype(np.int32)
+    scale = 1.0 / np.sqrt(D)
+
+    want = np.zeros((n_q, n_head, D), np.float32)
+    decode(ctypes.byref(_args(q, k_live, v_live, packed_mask, want, D, n_head, n_head_kv, n_live, n_q, scale)),
+           0, n_q * n_head_kv)
+    got = np.zeros((n_q, n_head, D), np.float32)
+    args = _args(q, k, v, mask, got, D, n_head, n_head_kv, n_kv, n_q, scale)
+    args.order = order.ctypes.data
+    decode(ctypes.byref(args), 0, n_q * n_head_kv)
+    np.testing.assert_array_equal(got, want)
+    scattered = np.zeros((n_q, n_head, D), np.float32)  # the same cells in cell order: other sums
+    decode(ctypes.byref(_args(q, k, v, mask, scattered, D, n_head, n_head_kv, n_kv, n_q, scale)),
+           0, n_q * n_head_kv)
+    np.testing.assert_allclose(scattered, want, rtol=1e-4, atol=2e-5)
+    assert not np.array_equal(scattered, want)
 
 
 def test_reference_is_softmax_attention(lib):

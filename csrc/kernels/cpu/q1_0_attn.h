@@ -38,7 +38,22 @@ typedef struct {
     size_t           mask_row;
     float *          dst;          // f32 output row of token i, head h at dst + (i*dst_tok + h*dst_head)/4
     size_t           dst_tok, dst_head;
+    // NULL, or the n_kv cells in the order their scores are accumulated (a permutation of
+    // 0..n_kv-1). The sums depend on that order; llama.cpp's KV cache passes its cells sorted by
+    // position where a sequence's cells are not in position order (a reused prefix left cells
+    // behind newer ones), so that a token's attention is computed alike wherever its cells lie.
+    const int32_t *  order;
 } q1k_attn_args;
+
+// What llama.cpp's KV cache hangs on the f16 KQ mask it fills (ggml_tensor.extra, through
+// csrc/llama/kv_cell_order.cpp and vendor/patches/0012) where a sequence's cells are not in
+// position order: the glue passes `order` on as q1k_attn_args.order.
+#define Q1K_CELL_ORDER_MAGIC 0x7079626f6e736169ull  // "pybonsai"
+typedef struct {
+    uint64_t        magic;  // Q1K_CELL_ORDER_MAGIC
+    int64_t         n_kv;   // the mask's row length (the cells in view)
+    const int32_t * order;  // cells 0..n_kv-1, sorted by position (empty cells last)
+} q1k_cell_order;
 
 // The fast path can run here: x86-64 with AVX2, FMA and F16C, and PYBONSAI_ATTN is not "upstream".
 int q1k_attn_available(void);

@@ -9,6 +9,9 @@
 // PYBONSAI_ATTN=upstream turns it off (q1k_attn_available), =avx2 keeps it off AVX-512.
 // A thread runs its share of work items in steps of ~1 ms, checking between them whether the graph
 // is being aborted (q1_0_abort.h): a cancel stops a long prefill's attention mid-node.
+// Where a sequence's KV cells are out of position order (a reused prefix left cells behind newer
+// ones), the KV cache hangs the cells' position order on the mask and the kernel follows it, so a
+// token's attention sums run in the same order whether it was computed alone or beside others.
 #include "q1_0_abort.h"
 #include "q1_0_attn.h"
 
@@ -96,6 +99,13 @@ extern "C" bool pybonsai_flash_attn_ext(const ggml_compute_params * params, ggml
     a.dst      = (float *) dst->data;
     a.dst_head = dst->nb[1];                   // upstream's permute(0, 2, 1, 3): row (i*n_head + h)
     a.dst_tok  = dst->nb[1] * dst->ne[1];
+    a.order    = nullptr;  // the cells in position order, where llama.cpp says they are not (q1_0_attn.h)
+    if (mask != nullptr && mask->extra != nullptr) {
+        const auto * hung = static_cast<const q1k_cell_order *>(mask->extra);
+        if (hung->magic == Q1K_CELL_ORDER_MAGIC && hung->n_kv == a.n_kv) {
+            a.order = hung->order;
+        }
+    }
     const int64_t items = a.n_q * a.n_head_kv;
     const int64_t w0    = items * params->ith / params->nth;
     const int64_t w1    = items * (params->ith + 1) / params->nth;

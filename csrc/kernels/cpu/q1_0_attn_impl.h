@@ -164,16 +164,19 @@ template <int NH> void run_token(const q1k_attn_args * a, int64_t i, int64_t g0,
     int64_t j[B];
     float   mv[B];
     int     nc  = 0;
-    auto    add = [&](int64_t cell, float m) {
-        if (cell + Q1K_ATTN_PF < a->n_kv) {  // the rows a few steps ahead, from memory
-            for (int64_t g = 0; g < ng; g++) {
-                const char * kp = (const char *) (hs[(size_t) g].k0 + (cell + Q1K_ATTN_PF) * a->k_row / 2);
-                const char * vp = (const char *) (hs[(size_t) g].v0 + (cell + Q1K_ATTN_PF) * a->v_row / 2);
-                for (int64_t off = 0; off < D * 2; off += 64) {
-                    _mm_prefetch(kp + off, _MM_HINT_T0);
-                    _mm_prefetch(vp + off, _MM_HINT_T0);
-                }
+    auto    prefetch = [&](int64_t cell) {  // the rows of a cell a few steps ahead, from memory
+        for (int64_t g = 0; g < ng; g++) {
+            const char * kp = (const char *) (hs[(size_t) g].k0 + cell * a->k_row / 2);
+            const char * vp = (const char *) (hs[(size_t) g].v0 + cell * a->v_row / 2);
+            for (int64_t off = 0; off < D * 2; off += 64) {
+                _mm_prefetch(kp + off, _MM_HINT_T0);
+                _mm_prefetch(vp + off, _MM_HINT_T0);
             }
+        }
+    };
+    auto    add = [&](int64_t cell, float m) {
+        if (!a->order && cell + Q1K_ATTN_PF < a->n_kv) {
+            prefetch(cell + Q1K_ATTN_PF);
         }
         j[nc]  = cell;
         mv[nc] = m;
@@ -186,7 +189,22 @@ template <int NH> void run_token(const q1k_attn_args * a, int64_t i, int64_t g0,
     };
     const uint16_t * mrow = a->mask ? a->mask + i * a->mask_row / 2 : NULL;
     int64_t          c0   = 0;
-    if (mrow) {
+    if (a->order) {  // the caller's order (q1_0_attn.h): the visible cells first, then their rows
+        std::vector<std::pair<int64_t, float>> seen;
+        for (; c0 < a->n_kv; c0++) {
+            const int64_t cell = a->order[c0];
+            const float   m    = mrow ? _cvtsh_ss(mrow[cell]) : 0.0f;
+            if (m != -INFINITY) {
+                seen.emplace_back(cell, m);
+            }
+        }
+        for (size_t n = 0; n < seen.size(); n++) {
+            if (n + Q1K_ATTN_PF < seen.size()) {
+                prefetch(seen[n + Q1K_ATTN_PF].first);
+            }
+            add(seen[n].first, seen[n].second);
+        }
+    } else if (mrow) {
         alignas(32) float m8[8];
         for (; c0 + 8 <= a->n_kv; c0 += 8) {  // 8 mask values at a time: skip the -inf cells
             const __m256 m  = load_half8(mrow + c0);
