@@ -180,7 +180,7 @@ def rss():
 llm = Llama(sys.argv[1], n_ctx=512, n_threads=1, verbose=False)
 llm.create_completion("hello", max_tokens=4, temperature=0)
 before = rss()
-out = llm.create_completion("Once upon", max_tokens=20, temperature=0,
+out = llm.create_completion("Once upon", max_tokens=20, temperature=0.8, seed=3,  # sampled: full masks
                             grammar=LlamaGrammar.from_string("root ::= [a-z ]+"))
 gc.collect()
 print(json.dumps({"before": before, "after": rss(), "text": out["choices"][0]["text"]}))
@@ -198,3 +198,39 @@ def test_a_grammar_constrained_generation_gives_its_mask_memory_back(tiny_model_
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
     assert seen["text"] and set(seen["text"]) <= set("abcdefghijklmnopqrstuvwxyz ")
     assert seen["after"] - seen["before"] < 20, seen
+
+
+@pytest.mark.parametrize("grammar, kw", [
+    ("root ::= [a-z ]+", {}),
+    ("root ::= [a-z ]+", {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "logit_bias": {500: -2.0}}),
+    (ARITH, {}),
+    ('root ::= "{" [a-z]+ ":" [0-9]+ "}"', {"presence_penalty": 0.4}),
+])
+def test_greedy_grammar_shortcut_picks_what_the_full_mask_picks(tiny_model_path, monkeypatch, grammar, kw):
+    """Greedy with a grammar masks the top logits before the whole vocabulary
+    (Sampler.set_greedy_shortcut): the same tokens as masking everything, prompt after prompt."""
+    import pybonsai.sampling as sampling
+
+    def texts(llm):
+        g = LlamaGrammar.from_string(grammar)
+        return [llm.create_completion(f"Case {i}: ", max_tokens=16, temperature=0, grammar=g, **kw)
+                ["choices"][0]["text"] for i in range(12)]
+
+    with Llama(tiny_model_path, n_ctx=256, n_threads=1, verbose=False) as llm:
+        assert sampling._never_raises(sampling.SamplingParams(temperature=0, **{
+            k: v for k, v in kw.items() if k != "logit_bias"}), kw.get("logit_bias"))
+        shortcut = texts(llm)
+        monkeypatch.setattr(sampling, "_never_raises", lambda params, logit_bias: False)
+        full = texts(llm)
+    assert shortcut == full
+    assert all(shortcut)
+
+
+def test_greedy_grammar_shortcut_only_where_no_stage_raises_a_logit():
+    from pybonsai.sampling import SamplingParams, _never_raises
+
+    assert _never_raises(SamplingParams(temperature=0), None)
+    assert _never_raises(SamplingParams(temperature=0, repeat_penalty=1.2), {3: -100.0})
+    assert not _never_raises(SamplingParams(temperature=0, repeat_penalty=0.9), None)
+    assert not _never_raises(SamplingParams(temperature=0, presence_penalty=-0.5), None)
+    assert not _never_raises(SamplingParams(temperature=0), {3: 0.5})

@@ -94,6 +94,8 @@ def build_sampler(model: "_core.Model", params: SamplingParams, seed: int, gramm
         chain.add_logit_bias(model, list(logit_bias.items()))
     if params.greedy:
         chain.add_greedy()
+        if grammar is not None and _never_raises(params, logit_bias):
+            chain.set_greedy_shortcut(True)  # the grammar masks the top logits before the whole vocabulary
         return chain
     if params.temperature < 0:
         chain.add_dist(seed)
@@ -115,6 +117,15 @@ def build_sampler(model: "_core.Model", params: SamplingParams, seed: int, gramm
     chain.add_temp(params.temperature)
     chain.add_dist(seed)
     return chain
+
+
+def _never_raises(params: SamplingParams, logit_bias: Optional[Mapping[int, float]]) -> bool:
+    """Whether the chain's stages before greedy can only lower a logit (a repeat penalty >= 1
+    divides positive logits and multiplies negative ones; frequency and presence penalties >= 0 and
+    biases <= 0 subtract), so the best token cannot come from below the top logits."""
+    penalties_lower = not params.penalized or (
+        params.repeat_penalty >= 1.0 and params.frequency_penalty >= 0.0 and params.presence_penalty >= 0.0)
+    return penalties_lower and all(bias <= 0 for bias in (logit_bias or {}).values())
 
 
 def prime_penalties(sampler: "_core.Sampler", params: SamplingParams, history: list[int]) -> None:
