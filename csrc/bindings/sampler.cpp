@@ -160,28 +160,32 @@ private:
     }
 
     // A greedy chain whose stages can only lower logits (set_greedy_shortcut): the grammar first
-    // masks just the kTop highest raw logits (with their ties). The chain's pick among the allowed
-    // ones is the answer of the full mask when its final logit is not below the lowest raw logit
-    // kept: every token left out started below that and was not raised. Else the full mask runs.
-    // (A full mask over the Qwen vocabulary takes tens of ms and ~50 MB of short-lived blocks.)
+    // masks just the k highest raw logits (with their ties), k = 256, then 8192. The chain's pick
+    // among the allowed ones is the answer of the full mask when its final logit is not below the
+    // lowest raw logit kept: every token left out started below that and was not raised. Else the
+    // full mask runs. (A full mask over the Qwen vocabulary takes tens of ms and ~50 MB of
+    // short-lived blocks.)
     bool pick_among_top(const float * logits, int n_vocab, llama_token & out) {
-        constexpr int kTop = 256;
-        if (n_vocab <= kTop) return false;
-        top_.assign(logits, logits + n_vocab);
-        std::nth_element(top_.begin(), top_.begin() + (kTop - 1), top_.end(), std::greater<float>());
-        const float floor = top_[kTop - 1];
-        cur_.clear();
-        for (llama_token t = 0; t < n_vocab; t++) {
-            if (logits[t] >= floor) cur_.push_back({t, logits[t], 0.0f});
+        for (int k : {256, 8192}) {
+            if (n_vocab <= k) return false;
+            top_.assign(logits, logits + n_vocab);
+            std::nth_element(top_.begin(), top_.begin() + (k - 1), top_.end(), std::greater<float>());
+            const float floor = top_[k - 1];
+            cur_.clear();
+            for (llama_token t = 0; t < n_vocab; t++) {
+                if (logits[t] >= floor) cur_.push_back({t, logits[t], 0.0f});
+            }
+            llama_token_data_array arr = {cur_.data(), cur_.size(), -1, false};
+            llama_sampler_apply(grammar_, &arr);
+            llama_sampler_apply(chain_, &arr);
+            if (arr.selected < 0 || (size_t) arr.selected >= arr.size) continue;
+            const float best = arr.data[arr.selected].logit;
+            if (std::isfinite(best) && best >= floor) {
+                out = arr.data[arr.selected].id;
+                return true;
+            }
         }
-        llama_token_data_array arr = {cur_.data(), cur_.size(), -1, false};
-        llama_sampler_apply(grammar_, &arr);
-        llama_sampler_apply(chain_, &arr);
-        if (arr.selected < 0 || (size_t) arr.selected >= arr.size) return false;
-        const float best = arr.data[arr.selected].logit;
-        if (!std::isfinite(best) || best < floor) return false;
-        out = arr.data[arr.selected].id;
-        return true;
+        return false;
     }
 
     llama_token_data_array fill(const float * logits, int n_vocab) {
