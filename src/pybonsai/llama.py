@@ -386,9 +386,9 @@ class Llama(CompatMethods):
 
     def _forget_after(self, n: int) -> None:
         """Keep the first `n` evaluated tokens; clear the cache if it cannot be cut there. A cut
-        ends any generate()'s claim on the context: its next step re-syncs (see generate)."""
-        if n < self.n_tokens:
-            self._owner = None
+        ends any generate()'s claim on the context: its next step re-syncs (see generate). Always,
+        not only below n_tokens: a speculative step shows fewer tokens than its cache holds."""
+        self._owner = None
         if not self.ctx.truncate(n):
             self.ctx.memory_clear()
             n = 0

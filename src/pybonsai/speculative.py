@@ -209,6 +209,7 @@ def generate(llm: "Llama", spec: Speculation, sampler: Any, params: Any, pending
             with llm._lock:
                 if drafts and llm._owner is me:  # keep the drafts up to the last accepted one
                     llm._forget_after(base + accepted)
+                    llm._owner = me  # its own cut: the context is what it expects
                     _show(llm, base + accepted, rows, accepted)
             if len(pending) == 1:  # a prompt's (or send()'s) batch says nothing about a step's cost
                 spec.record(len(drafts), accepted, spent)
