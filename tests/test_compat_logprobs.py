@@ -170,3 +170,29 @@ def test_chat_logprobs_are_openai_shaped(llm):
                                              top_logprobs=2, stream=True))
     streamed = [e for c in chunks if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]
     assert [e["token"] for e in streamed] == [e["token"] for e in content]
+
+
+def test_top_logprob_selection_equals_a_full_sort():
+    """completions._top_ids finds the n largest logits from a grid's column maxima instead of a
+    selection over the whole row: the same ids in the same order (ties: lower id first) as a
+    stable sort, and _log_sum_exp within 1e-5 of float64, at sizes around the grid's edges."""
+    from pybonsai.completions import _TOP_GRID, _log_sum_exp, _top_ids
+
+    rng = np.random.default_rng(7)
+    sizes = [1, 5, _TOP_GRID - 1, _TOP_GRID * 20, _TOP_GRID * 20 + 13, 5000, 151_936]
+    for trial in range(300):
+        size = sizes[trial % len(sizes)]
+        row = (rng.standard_normal(size) * 3).astype(np.float32)
+        if trial % 3 == 0:
+            row = np.round(row)  # many ties
+        if trial % 7 == 0 and size > 3:
+            row[rng.integers(0, size, 3)] = -np.inf
+        n = int(rng.integers(0, 25))
+        assert list(_top_ids(row, n)) == list(np.argsort(-row, kind="stable")[:n]), (size, n)
+        assert _log_sum_exp(row) == pytest.approx(float(_log_sum_exp_f64(row)), abs=1e-5)
+
+
+def _log_sum_exp_f64(row: np.ndarray) -> float:
+    row = row.astype(np.float64)
+    peak = row.max()
+    return peak + np.log(np.exp(row - peak).sum())

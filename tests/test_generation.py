@@ -203,3 +203,33 @@ def test_scores_are_copied_out_only_when_read(tiny_model_path):
         last.close()  # a row not read yet is copied out before the context goes
         assert not np.array_equal(last.scores[0], pending)
         assert np.isfinite(last.scores[0]).all() and last.scores[0].any()
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.2},
+    "bias the top",  # -30 on each prompt's 300 (then 9,000) most likely first tokens: the answer is below them
+])
+def test_greedy_shortcut_picks_what_the_whole_vocabulary_picks(llm, monkeypatch, kw):
+    """Greedy decoding runs its chain on the top logits first (Sampler.set_greedy_shortcut, when no
+    stage can raise a logit): the same tokens as running it over the whole vocabulary, prompt after
+    prompt, also where biases push the most likely tokens below the shortcut's floor."""
+    import pybonsai.sampling as sampling
+
+    def args(i):
+        if kw != "bias the top":
+            return kw
+        llm.reset()
+        llm.eval(llm.tokenize(f"Case {i}: ".encode()))
+        order = np.argsort(-llm.last_logits)
+        return {"logit_bias": {int(t): -30.0 for t in order[:300 if i % 2 else 9000]}}
+
+    def ids(i):
+        out = llm.create_completion(f"Case {i}: ", max_tokens=12, temperature=0, logprobs=1, **args(i))
+        return out["choices"][0]["logprobs"]["tokens"]
+
+    shortcut = [ids(i) for i in range(10)]
+    monkeypatch.setattr(sampling, "_never_raises", lambda params, logit_bias: False)
+    full = [ids(i) for i in range(10)]
+    assert shortcut == full
+    assert all(shortcut)

@@ -134,18 +134,48 @@ def _check_logprobs(name: str, value: Any) -> None:
     RequestLimits(logprobs=OPENAI_MAX_TOP_LOGPROBS).check_logprobs(value, chat=name == "top_logprobs")
 
 
+_TOP_GRID = 64  # rows of the grid a logits row is viewed as, to find its top entries
+
+
 def _top_logprobs(llm: "Llama", logits: np.ndarray, token: int, n: int) -> tuple[float, dict[str, float]]:
     """The sampled token's logprob, and the `n` most likely tokens' (plus the sampled one, always
     included, as llama-cpp-python does)."""
-    # One exp pass (float32, summed in float64) and a partial selection on the raw logits: the
-    # order is the logprobs' (~0.7 ms a token on a 152k vocabulary, 6x less than log-softmax in float64).
-    peak = float(logits.max())
-    lse = peak + float(np.log(np.exp(logits - np.float32(peak)).sum(dtype=np.float64)))
-    top = np.argpartition(logits, -n)[-n:] if 0 < n < logits.size else np.arange(logits.size if n else 0)
-    top = top[np.argsort(-logits[top], kind="stable")]
+    lse = _log_sum_exp(logits)
+    top = _top_ids(logits, n)
     table = {_piece_text(llm, int(t)): float(logits[t]) - lse for t in top}
     table[_piece_text(llm, token)] = float(logits[token]) - lse
     return float(logits[token]) - lse, table
+
+
+def _log_sum_exp(logits: np.ndarray) -> float:
+    # One exp pass in float32 (numpy's SIMD exp; pairwise summation keeps the sum to ~1e-6 relative)
+    peak = np.float32(logits.max())
+    e = np.subtract(logits, peak, dtype=np.float32)
+    np.exp(e, out=e)
+    return float(peak) + float(np.log(e.sum(dtype=np.float32)))
+
+
+def _top_ids(logits: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n largest logits, largest first (ties: lower index first), exactly, without a
+    selection over the whole row (~0.4 ms at 152k): the row's first cols * _TOP_GRID entries are
+    viewed as a grid of _TOP_GRID rows and `cols` columns; the n-th largest column maximum tau is at
+    most the n-th largest logit (n columns each hold one >= tau), so every top-n entry is in a
+    column whose maximum is >= tau (or in the row's tail past the grid) and the selection runs
+    over those few columns."""
+    size = logits.size
+    if n <= 0:
+        return np.arange(0)
+    cols = size // _TOP_GRID
+    if cols < n:
+        picked = np.arange(size)
+    else:
+        col_max = logits[:cols * _TOP_GRID].reshape(_TOP_GRID, cols).max(axis=0)
+        tau = np.partition(col_max, cols - n)[cols - n]
+        hit = np.flatnonzero(col_max >= tau)
+        picked = (hit[None, :] + cols * np.arange(_TOP_GRID)[:, None]).ravel()
+        picked = np.concatenate([picked, np.arange(cols * _TOP_GRID, size)])
+        picked = np.sort(picked[logits[picked] >= tau])
+    return picked[np.argsort(-logits[picked], kind="stable")[:n]]
 
 
 def _piece_text(llm: "Llama", token: int) -> str:

@@ -94,8 +94,8 @@ def build_sampler(model: "_core.Model", params: SamplingParams, seed: int, gramm
         chain.add_logit_bias(model, list(logit_bias.items()))
     if params.greedy:
         chain.add_greedy()
-        if grammar is not None and _never_raises(params, logit_bias):
-            chain.set_greedy_shortcut(True)  # the grammar masks the top logits before the whole vocabulary
+        if _never_raises(params, logit_bias):
+            chain.set_greedy_shortcut(True)  # the chain (and a grammar) runs on the top logits first
         return chain
     if params.temperature < 0:
         chain.add_dist(seed)
