@@ -139,17 +139,19 @@ private:
     // mask (slow: every token of the vocabulary is checked) runs only if the grammar rejects it.
     llama_token pick(const float * logits, int n_vocab) {
         llama_token token;
-        if (!grammar_ && greedy_shortcut_ && pick_among_top(logits, n_vocab, token)) return accept(token);
+        if (greedy_shortcut_) {
+            // the unconstrained pick from the top logits; a grammar that allows it keeps it
+            if (pick_among_top(logits, n_vocab, false, token) && (!grammar_ || allows(token))) return accept(token);
+            if (grammar_ && pick_among_top(logits, n_vocab, true, token)) return accept(token);
+        }
         llama_token_data_array arr = fill(logits, n_vocab);
         if (grammar_) {
-            llama_sampler_apply(chain_, &arr);
-            token = selected(arr);
-            llama_token_data one = {token, 0.0f, 0.0f};
-            llama_token_data_array single = {&one, 1, -1, false};
-            llama_sampler_apply(grammar_, &single);
-            if (std::isfinite(one.logit)) return accept(token);
-            if (greedy_shortcut_ && pick_among_top(logits, n_vocab, token)) return accept(token);
-            arr = fill(logits, n_vocab);
+            if (!greedy_shortcut_) {
+                llama_sampler_apply(chain_, &arr);
+                token = selected(arr);
+                if (allows(token)) return accept(token);
+                arr = fill(logits, n_vocab);
+            }
             mask_in_chunks(arr);
             bool any = false;
             for (size_t i = 0; i < arr.size && !any; i++) any = std::isfinite(arr.data[i].logit);
@@ -159,22 +161,25 @@ private:
         return accept(selected(arr));
     }
 
+    bool allows(llama_token token) {
+        llama_token_data one = {token, 0.0f, 0.0f};
+        llama_token_data_array single = {&one, 1, -1, false};
+        llama_sampler_apply(grammar_, &single);
+        return std::isfinite(one.logit);
+    }
+
     // A greedy chain whose stages can only lower logits (set_greedy_shortcut): the chain (after
-    // the grammar's mask, if any) first runs on just the top logits, those >= a floor that at
-    // least k of them reach, k = 256, then 8192. Its pick is the answer over the whole vocabulary
-    // when its final logit is not below the floor: every token left out started below it and was
-    // not raised. Else the whole vocabulary runs. (Filling and scanning the whole Qwen vocabulary
-    // takes ~0.4 ms a token; a full grammar mask tens of ms.)
-    bool pick_among_top(const float * logits, int n_vocab, llama_token & out) {
+    // the grammar's mask, when `masked`) first runs on just the top logits, those >= a floor that
+    // at least k of them reach, k = 256, then 8192. Its pick is the answer over the whole
+    // vocabulary when its final logit is not below the floor: every token left out started below
+    // it and was not raised. Else the whole vocabulary runs. (Filling and scanning the whole Qwen
+    // vocabulary takes ~0.4 ms a token; a full grammar mask tens of ms.)
+    bool pick_among_top(const float * logits, int n_vocab, bool masked, llama_token & out) {
         for (int k : {256, 8192}) {
-            if (n_vocab <= 4 * k) return false;
-            const float floor = top_floor(logits, n_vocab, k);
-            cur_.clear();
-            for (llama_token t = 0; t < n_vocab; t++) {
-                if (logits[t] >= floor) cur_.push_back({t, logits[t], 0.0f});
-            }
+            if (n_vocab < 8 * k) return false;
+            const float floor = top_candidates(logits, n_vocab, k);
             llama_token_data_array arr = {cur_.data(), cur_.size(), -1, false};
-            if (grammar_) llama_sampler_apply(grammar_, &arr);
+            if (masked) llama_sampler_apply(grammar_, &arr);
             llama_sampler_apply(chain_, &arr);
             if (arr.selected < 0 || (size_t) arr.selected >= arr.size) continue;
             const float best = arr.data[arr.selected].logit;
@@ -186,21 +191,45 @@ private:
         return false;
     }
 
-    // A floor that at least k logits reach (n > 4k), without a selection over all n of them: the
-    // first rows * cols logits seen as a grid of rows = n / 4k rows, the k-th largest column
-    // maximum (NaN never counts) is reached by the k columns' maxima. About k (random logits:
-    // ~1.15k) logits are above it.
-    float top_floor(const float * logits, int n, int k) {
-        const int rows = n / (4 * k);
-        const int cols = n / rows;
-        top_.assign(cols, -INFINITY);
-        float * m = top_.data();
-        for (int r = 0; r < rows; r++) {
-            const float * row = logits + (size_t) r * cols;
-            for (int c = 0; c < cols; c++) m[c] = row[c] > m[c] ? row[c] : m[c];
-        }
+    // cur_ = every token whose logit is >= the returned floor, in token order, at least k of them
+    // (n >= 8k), found without a selection over all n: the logits in blocks of B (a power of two,
+    // so that there are at least 4k blocks), the floor is the k-th largest block maximum (reached in k
+    // blocks; NaN never counts), and only blocks whose maximum reaches it are scanned. About 1.2k
+    // tokens pass on random logits.
+    float top_candidates(const float * logits, int n, int k) {
+        int B = 1;
+        while (2 * B <= n / (4 * k)) B *= 2;
+        const int blocks = n / B;
+        block_max_.resize(blocks);
+        for (int b = 0; b < blocks; b++) block_max_[b] = block_max(logits + (size_t) b * B, B);
+        top_.assign(block_max_.begin(), block_max_.end());
         std::nth_element(top_.begin(), top_.begin() + (k - 1), top_.end(), std::greater<float>());
-        return top_[k - 1];
+        const float floor = top_[k - 1];
+        cur_.clear();
+        auto scan = [&](int t0, int t1) {
+            for (int t = t0; t < t1; t++) {
+                if (logits[t] >= floor) cur_.push_back({t, logits[t], 0.0f});
+            }
+        };
+        for (int b = 0; b < blocks; b++) {
+            if (block_max_[b] >= floor) scan(b * B, b * B + B);
+        }
+        scan(blocks * B, n);  // the tail past the last whole block
+        return floor;
+    }
+
+    static float block_max(const float * x, int B) {
+        constexpr int W = 8;  // lanes the compiler turns into one vector max per step
+        float m[W];
+        for (int j = 0; j < W; j++) m[j] = -INFINITY;
+        int i = 0;
+        for (; i + W <= B; i += W) {
+            for (int j = 0; j < W; j++) m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+        }
+        for (; i < B; i++) m[0] = x[i] > m[0] ? x[i] : m[0];
+        float r = m[0];
+        for (int j = 1; j < W; j++) r = m[j] > r ? m[j] : r;
+        return r;
     }
 
     // The full mask, kMaskChunk candidates at a time: llama.cpp's grammar judges every candidate
@@ -247,7 +276,7 @@ private:
     llama_sampler * grammar_ = nullptr;
     bool lazy_ = false;
     bool masked_ = false;  // a full grammar mask ran (see return_freed_heap)
-    std::vector<float> top_;
+    std::vector<float> top_, block_max_;
     ModelPtr model_;  // the grammar keeps a pointer to the vocabulary
     std::vector<llama_token_data> cur_;
 };
