@@ -4,7 +4,9 @@ alone, and beside each hostile request (and beside heavy requests within the lim
     python benchmarks/noisy_neighbour.py [--model tiny.gguf] [--threads 1] [--reps 3]
 
 For each neighbour and repetition: the victim alone, then the neighbour is sent and the victim
-starts once it is in flight (0.3 s later, or at once when it was already answered); the ratio is
+starts once it is in flight (0.1 s later, or at once when it was already answered; the long
+neighbours generate 1,000 tokens, so that they outlast the victim: the "overlap" column says in how
+many repetitions the neighbour was still running when the victim ended); the ratio is
 the median over `reps` of (victim beside / victim alone just before), so that a shared machine's
 changing load moves both alike. A refused neighbour's status and
 answer time are reported. The server's RSS is sampled every 20 ms: peak over the run vs idle
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
 from serve_concurrency import _free_port  # noqa: E402
 
+LONG = 1000  # tokens of the long neighbours
 VICTIM = {"prompt": "Story number 7: once upon a time", "max_tokens": 60, "temperature": 0,
           "logit_bias": {"151643": -100, "151645": -100}}  # no early end of text: always 60 tokens
 
@@ -48,7 +51,7 @@ def neighbours() -> list[tuple[str, str, dict]]:
     alternatives = " | ".join(f'"w{i}"' for i in range(40_000))
     enum = {"type": "json_schema", "json_schema": {"name": "e", "schema": {"enum": [f"v{i}" for i in range(40_000)]}}}
     json_gbnf = (ROOT / "vendor" / "llama.cpp" / "grammars" / "json.gbnf").read_text()
-    long = {"prompt": "Story number 3: once upon a time", "max_tokens": 400, "temperature": 0,
+    long = {"prompt": "Story number 3: once upon a time", "max_tokens": LONG, "temperature": 0,
             "logit_bias": VICTIM["logit_bias"]}
     chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20} for i in range(4000)]
     return [
@@ -59,13 +62,15 @@ def neighbours() -> list[tuple[str, str, dict]]:
          {"messages": [{"role": "user", "content": "pick"}], "max_tokens": 50, "response_format": enum}),
         ("3.5 MB prompt", "/v1/completions", {"prompt": "word " * 700_000, "max_tokens": 2}),
         ("4,000-message chat", "/v1/chat/completions", {"messages": chat, "max_tokens": 2}),
-        ("reference: a plain 400-token completion", "/v1/completions", long),
-        ("within limits: logprobs=5, 400 tokens", "/v1/completions", {**long, "logprobs": 5}),
+        ("reference: a plain 1,000-token completion", "/v1/completions", long),
+        ("within limits: logprobs=5, 1,000 tokens", "/v1/completions", {**long, "logprobs": 5}),
         ("within limits: 4 stops of 256 chars", "/v1/completions",
          {**long, "stop": [c * 256 for c in "qxzj"]}),
         ("within limits: json.gbnf grammar", "/v1/completions", {**long, "grammar": json_gbnf}),
-        ("within limits: grammar [a-z ]+, 400 tokens", "/v1/completions",
+        ("within limits: grammar [a-z ]+, 1,000 tokens", "/v1/completions",
          {**long, "grammar": "root ::= [a-z ]+", "logit_bias": VICTIM["logit_bias"]}),
+        ("within limits: sampled grammar [a-z ]+, 100 tokens", "/v1/completions",  # a full mask most tokens
+         {**long, "max_tokens": 100, "temperature": 0.8, "seed": 1, "grammar": "root ::= [a-z ]+"}),
     ]
 
 
@@ -112,8 +117,9 @@ def victim_time(base: str) -> float:
     return elapsed
 
 
-def beside(base: str, path: str, body: dict) -> tuple[float, int, float]:
-    """(victim seconds, neighbour status, neighbour answer seconds) with the neighbour in flight."""
+def beside(base: str, path: str, body: dict) -> tuple[float, int, float, bool]:
+    """(victim seconds, neighbour status, neighbour answer seconds, whether the neighbour was still
+    running when the victim ended) with the neighbour in flight."""
     out: dict = {}
     raw = json.dumps(body).encode("utf-8")
 
@@ -121,16 +127,17 @@ def beside(base: str, path: str, body: dict) -> tuple[float, int, float]:
         t0 = time.monotonic()
         with httpx.Client(timeout=600) as http:
             r = http.post(base + path, content=raw, headers={"Content-Type": "application/json"})
-        out["status"], out["seconds"] = r.status_code, time.monotonic() - t0
+        out["status"], out["seconds"], out["end"] = r.status_code, time.monotonic() - t0, time.monotonic()
 
     t = threading.Thread(target=send)
     t.start()
-    deadline = time.monotonic() + 0.3
+    deadline = time.monotonic() + 0.1
     while t.is_alive() and time.monotonic() < deadline:
         time.sleep(0.005)
     victim = victim_time(base)
+    victim_end = time.monotonic()
     t.join()
-    return victim, out["status"], out["seconds"]
+    return victim, out["status"], out["seconds"], out["end"] > victim_end
 
 
 def main() -> None:
@@ -146,8 +153,8 @@ def main() -> None:
         idle = server.rss()
         alone = statistics.median(victim_time(server.base) for _ in range(args.reps))
         print(f"victim alone: {alone * 1000:.0f} ms (median of {args.reps}); server RSS idle {idle / 2**20:.0f} MiB")
-        print("\n| neighbour | its answer | its time | victim | victim / alone just before | peak RSS / idle |")
-        print("|---|---|---|---|---|---|")
+        print("\n| neighbour | its answer | its time | victim | victim / alone just before | overlap | peak RSS / idle |")
+        print("|---|---|---|---|---|---|---|")
         peak = server.peak
         for name, path, body in neighbours():
             if args.only not in name:
@@ -161,7 +168,8 @@ def main() -> None:
             victim = statistics.median(r[0] for r in runs)
             status, seconds = runs[-1][1], statistics.median(r[2] for r in runs)
             print(f"| {name} | {status} | {seconds * 1000:.0f} ms | {victim * 1000:.0f} ms | "
-                  f"{statistics.median(ratios):.2f}x | {server.peak / idle:.2f}x |", flush=True)
+                  f"{statistics.median(ratios):.2f}x | {sum(r[3] for r in runs)}/{len(runs)} | "
+                  f"{server.peak / idle:.2f}x |", flush=True)
             peak = max(peak, server.peak)
         print(f"\npeak server RSS over the run {peak / 2**20:.0f} MiB = {peak / idle:.2f}x idle")
     finally:
