@@ -202,6 +202,24 @@ def test_draft_length_adapts():
     assert expensive.cost > 0.5 and expensive.best() == 0  # verifying costs as much as decoding: off
 
 
+def test_draft_length_follows_a_machine_that_slows_down():
+    """Drafting one token is worth it here (acceptance 0.6; a batch of two costs 1.15 steps, longer
+    ones 1 + 0.35 per draft), also after the machine slows to 1.4x its speed at round 10: round
+    costs are judged against a recent plain step, not the one measured before the slowdown (which
+    turned drafting off for 16 rounds, until a probe), and k = 1 by its own measured cost."""
+    length = speculative.DraftLength(8, cost=0.25)
+    plain = 0
+    for i in range(120):
+        k = length.next()
+        speed = 1.0 if i < 10 else 1.4
+        cost = 1.0 if k == 0 else 1.15 if k == 1 else 1.0 + 0.35 * k
+        accepted = min(k, 1 if i % 5 < 3 else 0)  # the first draft accepted 3 rounds in 5
+        length.record(k, accepted, 0.1 * speed * cost)
+        plain += 10 <= i < 60 and k == 0
+    assert length.best() == 1
+    assert plain <= 6  # the re-measures (every REMEASURE_EVERY rounds) and a round or two after the change
+
+
 def test_bad_drafters(tiny_model_path):
     with pytest.raises(TypeError, match="draft_model"):
         Llama(tiny_model_path, n_ctx=64, draft_model="draft.gguf")

@@ -30,15 +30,19 @@ if TYPE_CHECKING:
     from .llama import Llama
 
 PROBE_EVERY = 16      # tokens decoded plainly between probes while drafting is off
-REMEASURE_EVERY = 64  # rounds between plain steps that re-measure a single token's cost
+REMEASURE_EVERY = 16  # rounds between plain steps that re-measure a single token's cost (a shared
+                      # machine's speed drifts: a stale measure made every round look dear)
 MIN_GAIN = 1.02       # a longer draft must promise this much more speed
 MIN_COST = 0.05       # floor of a drafted token's estimated cost, in single steps (timing noise)
 
 
 class DraftLength:
     """The number of tokens to draft next. Model: each drafted token is accepted with probability
-    alpha (independently, until the first rejection); verifying k drafts costs 1 + cost*k single
-    steps. k maximizes (1 + alpha + ... + alpha^k) / (1 + cost*k) over 0..max_len."""
+    alpha (independently, until the first rejection); verifying k drafts costs c_k single steps:
+    the recent seconds of rounds of k drafts over those of a plain step (each an average that
+    follows the machine's speed), or 1 + cost*k where k has not been measured (a batch of two is
+    often much cheaper than the slope of longer ones says).
+    k maximizes (1 + alpha + ... + alpha^k) / c_k over 0..max_len."""
 
     def __init__(self, max_len: int, cost: float = 0.25, decay: float = 0.9, adaptive: bool = True,
                  measure: bool = True):
@@ -51,6 +55,7 @@ class DraftLength:
         self._tests = 0.0
         self._t_single: Optional[float] = None  # seconds of a plain step (EMA)
         self._measured = False                   # `cost` still the prior
+        self._round_seconds: dict[int, float] = {}  # k -> seconds of a round of k drafts (EMA)
         self._idle = 0
         self._rounds = 0
 
@@ -63,10 +68,16 @@ class DraftLength:
         for k in range(1, self.max_len + 1):
             p *= self.alpha
             expected += p
-            value = expected / (1.0 + self.cost * k)
+            value = expected / self._cost_of(k)
             if value > best * MIN_GAIN:
                 best_k, best = k, value
         return best_k
+
+    def _cost_of(self, k: int) -> float:
+        seconds = self._round_seconds.get(k)
+        if seconds is None or not self._t_single:
+            return 1.0 + self.cost * k
+        return seconds / self._t_single
 
     def next(self) -> int:
         if not self.adaptive:
@@ -87,12 +98,14 @@ class DraftLength:
         if drafted == 0:
             if not self.measure:
                 return
-            self._t_single = seconds if self._t_single is None else 0.8 * self._t_single + 0.2 * seconds
+            self._t_single = seconds if self._t_single is None else 0.5 * self._t_single + 0.5 * seconds
             return
         tests = accepted + (1 if accepted < drafted else 0)
         self._hits = self.decay * self._hits + accepted
         self._tests = self.decay * self._tests + tests
         if self.measure and self._t_single:
+            known = self._round_seconds.get(drafted)
+            self._round_seconds[drafted] = seconds if known is None else 0.7 * known + 0.3 * seconds
             observed = min(2.0, max(MIN_COST, (seconds / self._t_single - 1.0) / drafted))
             # the first measurement replaces the prior; then an average that follows the machine
             self.cost = observed if not self._measured else 0.7 * self.cost + 0.3 * observed
