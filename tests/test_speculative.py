@@ -220,6 +220,18 @@ def test_draft_length_follows_a_machine_that_slows_down():
     assert plain <= 6  # the re-measures (every REMEASURE_EVERY rounds) and a round or two after the change
 
 
+def test_draft_length_counts_the_other_sequences_of_the_step():
+    """In the Engine's batch a sequence's drafts slow every sequence's step: with acceptance 0.6
+    and a drafted token costing 0.3 of a step, drafting one token pays for a sequence alone
+    (1.6 tokens for 1.3 steps) but not beside three others (4.6 tokens for 2.2 steps, against 4
+    for 1.9 without); at acceptance 1 drafting pays in both."""
+    length = speculative.DraftLength(8, cost=0.3, measure=False)
+    length._hits, length._tests = 30.0, 50.0
+    assert length.best() == 1 and length.best(others=3) == 0
+    length._hits = 50.0
+    assert length.best() >= 4 and length.best(others=3) >= 4
+
+
 def test_bad_drafters(tiny_model_path):
     with pytest.raises(TypeError, match="draft_model"):
         Llama(tiny_model_path, n_ctx=64, draft_model="draft.gguf")

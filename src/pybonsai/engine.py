@@ -464,7 +464,7 @@ class Engine:
         generating = [s for s in self._slots if s.handle is not None and not s.pending and s.sampling is None]
         if self._spec is not None:  # every drafting sequence's drafts at once (a draft model: batched)
             self._spec.propose_all([(s.drafting, self.n_ctx_per_seq - s.pos - 1) for s in generating
-                                    if s.drafting is not None], self.n_batch - len(generating))
+                                    if s.drafting is not None], self.n_batch - len(generating), len(generating))
         for slot in generating:
             rows.append((slot, len(tokens)))
             # its next token, then the drafts after it (all with logits)

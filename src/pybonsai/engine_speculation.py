@@ -28,6 +28,9 @@ import numpy as np
 from .llama_speculative import GGUFDraftModel, LlamaDraftModel, LlamaPromptLookupDecoding
 from .speculative import DraftLength
 
+SEED_WEIGHT = 8.0     # tested drafts a new request's acceptance estimate starts from (the engine's)
+ENGINE_DECAY = 0.98   # per settled round, for the engine's acceptance
+
 
 @dataclass
 class SlotDrafting:
@@ -75,6 +78,8 @@ class EngineSpeculation:
         self.cost = StepCost()
         self.drafted = 0
         self.accepted = 0
+        self._hits = 0.0   # the engine's recent drafts accepted / tested (decayed), a new request's start
+        self._tests = 0.0
 
     @classmethod
     def make(cls, drafter: Any, max_len: int, min_len: int = 0, p_min: float = 0.0) -> Optional["EngineSpeculation"]:
@@ -123,18 +128,22 @@ class EngineSpeculation:
 
     def start(self, prompt_tokens: list, cap: Optional[int], seq: int = 0) -> SlotDrafting:
         cap = self.max_len if cap is None else min(cap, self.max_len)
-        return SlotDrafting(history=list(prompt_tokens), length=DraftLength(self.max_len, measure=False), cap=cap,
-                            seq=seq)
+        length = DraftLength(self.max_len, measure=False)
+        if self._tests > 0:  # the acceptance other requests saw: a request beside others otherwise
+            length.seed(self._hits / self._tests, SEED_WEIGHT)  # starts too unsure to draft
+        return SlotDrafting(history=list(prompt_tokens), length=length, cap=cap, seq=seq)
 
-    def propose_all(self, states: list, budget: int) -> None:
+    def propose_all(self, states: list, budget: int, n_rows: int = 0) -> None:
         """Set `drafts` for this step of every drafting sequence: `states` holds (SlotDrafting,
-        room in its sequence); `budget` is the batch room for drafts, shared in order."""
+        room in its sequence); `budget` is the batch room for drafts, shared in order; `n_rows`:
+        the generating sequences in the step (each one's drafts slow the others' step too)."""
         cost = self.cost.marginal()
         wants = []
+        others = max(0, n_rows - 1)
         for state, room in states:
             if cost is not None:
                 state.length.cost = cost
-            k = state.length.next()
+            k = state.length.next(others)
             k = min(max(k, self.min_len) if k else 0, state.cap, room, budget)  # draft_min: at least that
             state.drafts = ()
             if k <= 0 or k < self.min_len:
@@ -165,4 +174,6 @@ class EngineSpeculation:
             state.length.record(drafted, accepted, 0.0)
             self.drafted += drafted
             self.accepted += accepted
+            self._hits = ENGINE_DECAY * self._hits + accepted
+            self._tests = ENGINE_DECAY * self._tests + accepted + (1 if accepted < drafted else 0)
         state.drafts = ()

@@ -63,12 +63,23 @@ class DraftLength:
     def alpha(self) -> float:
         return (self._hits + 1.0) / (self._tests + 2.0)
 
-    def best(self) -> int:
-        best_k, best, expected, p = 0, 1.0, 1.0, 1.0
+    def seed(self, alpha: float, weight: float) -> None:
+        """Start from an acceptance rate seen elsewhere (the Engine's other requests), worth
+        `weight` tested drafts, instead of the prior 1/2."""
+        self._hits, self._tests = alpha * weight, weight
+
+    def best(self, others: int = 0) -> int:
+        """`others`: tokens of other sequences in the same step (the Engine's batch). Drafts slow
+        their step too, so k is chosen for the step's throughput: (others + expected tokens) /
+        (1 + cost * (others + k)) steps, against (others + 1) / (1 + cost * others) undrafted."""
+        expected, p = 1.0, 1.0
+        best_k = 0
+        best = (others + 1.0) / (1.0 + self.cost * others) if others else 1.0
         for k in range(1, self.max_len + 1):
             p *= self.alpha
             expected += p
-            value = expected / self._cost_of(k)
+            cost = self._cost_of(k) if not others else 1.0 + self.cost * (others + k)
+            value = (others + expected) / cost
             if value > best * MIN_GAIN:
                 best_k, best = k, value
         return best_k
@@ -79,13 +90,13 @@ class DraftLength:
             return 1.0 + self.cost * k
         return seconds / self._t_single
 
-    def next(self) -> int:
+    def next(self, others: int = 0) -> int:
         if not self.adaptive:
             return self.max_len
         self._rounds += 1
         if self.measure and (self._t_single is None or self._rounds % REMEASURE_EVERY == 0):
             return 0  # a plain step: measures what one token costs
-        k = self.best()
+        k = self.best(others)
         if k == 0:
             self._idle += 1
             if self._idle >= PROBE_EVERY:
