@@ -175,7 +175,8 @@ def test_chat_logprobs_are_openai_shaped(llm):
 def test_top_logprob_selection_equals_a_full_sort():
     """completions._top_ids finds the n largest logits from a grid's column maxima instead of a
     selection over the whole row: the same ids in the same order (ties: lower id first) as a
-    stable sort, and _log_sum_exp within 1e-5 of float64, at sizes around the grid's edges."""
+    stable sort (NaN never listed), and _log_sum_exp within 1e-5 of float64, at sizes around the grid's
+    edges."""
     from pybonsai.completions import _TOP_GRID, _log_sum_exp, _top_ids
 
     rng = np.random.default_rng(7)
@@ -187,8 +188,16 @@ def test_top_logprob_selection_equals_a_full_sort():
             row = np.round(row)  # many ties
         if trial % 7 == 0 and size > 3:
             row[rng.integers(0, size, 3)] = -np.inf
+        if trial % 11 == 0 and size > 3:
+            row[rng.integers(0, size, 1 + size // 3)] = np.nan  # never listed
+        if trial % 55 == 0 and size >= 2 * _TOP_GRID:
+            row[:_TOP_GRID * (size // _TOP_GRID)].reshape(_TOP_GRID, -1)[:, :3] = np.nan  # whole grid columns
         n = int(rng.integers(0, 25))
-        assert list(_top_ids(row, n)) == list(np.argsort(-row, kind="stable")[:n]), (size, n)
+        valid = np.flatnonzero(~np.isnan(row))
+        want = valid[np.argsort(-row[valid], kind="stable")][:n]
+        assert list(_top_ids(row, n)) == list(want), (size, n)
+        if np.isnan(row).any():
+            continue
         assert _log_sum_exp(row) == pytest.approx(float(_log_sum_exp_f64(row)), abs=1e-5)
 
 

@@ -220,6 +220,22 @@ def test_draft_length_follows_a_machine_that_slows_down():
     assert plain <= 6  # the re-measures (every REMEASURE_EVERY rounds) and a round or two after the change
 
 
+def test_one_slow_round_does_not_keep_a_draft_length_out():
+    """A length's measured cost is used for FORGET_AFTER rounds only: a round of 8 drafts that was
+    slow once (a spike: 41 steps instead of 2.6) is judged by the slope again later, so the best
+    length, 8 when every draft is accepted, comes back."""
+    length = speculative.DraftLength(8, cost=0.2)
+    spiked, last = False, []
+    for i in range(200):
+        k = length.next()
+        cost = 1.0 + 0.2 * k
+        if k == 8 and not spiked:
+            cost, spiked = 1.0 + 5.0 * k, True
+        length.record(k, k, 0.1 * cost)
+        last.append(k)
+    assert spiked and 8 in last[-50:] and length.best() == 8
+
+
 def test_draft_length_counts_the_other_sequences_of_the_step():
     """In the Engine's batch a sequence's drafts slow every sequence's step: with acceptance 0.6
     and a drafted token costing 0.3 of a step, drafting one token pays for a sequence alone

@@ -139,12 +139,18 @@ private:
     // mask (slow: every token of the vocabulary is checked) runs only if the grammar rejects it.
     llama_token pick(const float * logits, int n_vocab) {
         llama_token token;
-        if (greedy_shortcut_) {
-            // the unconstrained pick from the top logits; a grammar that allows it keeps it
-            if (pick_among_top(logits, n_vocab, false, token) && (!grammar_ || allows(token))) return accept(token);
-            if (grammar_ && pick_among_top(logits, n_vocab, true, token)) return accept(token);
+        llama_token_data_array arr;
+        if (greedy_shortcut_ && !pick_among_top(logits, n_vocab, false, token)) {
+            arr = fill(logits, n_vocab);  // the unconstrained pick over the whole vocabulary
+            llama_sampler_apply(chain_, &arr);
+            if (!grammar_) return accept(selected(arr));
+            token = selected(arr);
         }
-        llama_token_data_array arr = fill(logits, n_vocab);
+        if (greedy_shortcut_) {  // the unconstrained pick; a grammar that allows it keeps it
+            if (!grammar_ || allows(token)) return accept(token);
+            if (pick_among_top(logits, n_vocab, true, token)) return accept(token);
+        }
+        arr = fill(logits, n_vocab);
         if (grammar_) {
             if (!greedy_shortcut_) {
                 llama_sampler_apply(chain_, &arr);
@@ -172,7 +178,8 @@ private:
     // the grammar's mask, when `masked`) first runs on just the top logits, those >= a floor that
     // at least k of them reach, k = 256, then 8192. Its pick is the answer over the whole
     // vocabulary when its final logit is not below the floor: every token left out started below
-    // it and was not raised. Else the whole vocabulary runs. (Filling and scanning the whole Qwen
+    // it and was not raised (NaN logits are never candidates: a NaN the whole vocabulary's greedy
+    // would return is not returned here). Else the whole vocabulary runs. (Filling and scanning the whole Qwen
     // vocabulary takes ~0.4 ms a token; a full grammar mask tens of ms.)
     bool pick_among_top(const float * logits, int n_vocab, bool masked, llama_token & out) {
         for (int k : {256, 8192}) {

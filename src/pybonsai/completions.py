@@ -161,15 +161,16 @@ def _top_ids(logits: np.ndarray, n: int) -> np.ndarray:
     viewed as a grid of _TOP_GRID rows and `cols` columns; the n-th largest column maximum tau is at
     most the n-th largest logit (n columns each hold one >= tau), so every top-n entry is in a
     column whose maximum is >= tau (or in the row's tail past the grid) and the selection runs
-    over those few columns."""
+    over those few columns. NaN logits are never listed."""
     size = logits.size
     if n <= 0:
         return np.arange(0)
     cols = size // _TOP_GRID
     if cols < n:
-        picked = np.arange(size)
+        picked = np.flatnonzero(~np.isnan(logits))
     else:
-        col_max = logits[:cols * _TOP_GRID].reshape(_TOP_GRID, cols).max(axis=0)
+        col_max = np.fmax.reduce(logits[:cols * _TOP_GRID].reshape(_TOP_GRID, cols), axis=0)  # NaN skipped
+        col_max[np.isnan(col_max)] = -np.inf  # a column of NaN only
         tau = np.partition(col_max, cols - n)[cols - n]
         hit = np.flatnonzero(col_max >= tau)
         picked = (hit[None, :] + cols * np.arange(_TOP_GRID)[:, None]).ravel()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 PROBE_EVERY = 16      # tokens decoded plainly between probes while drafting is off
 REMEASURE_EVERY = 16  # rounds between plain steps that re-measure a single token's cost (a shared
                       # machine's speed drifts: a stale measure made every round look dear)
+FORGET_AFTER = 32     # rounds after which a draft length's measured cost is no longer used
 MIN_GAIN = 1.02       # a longer draft must promise this much more speed
 MIN_COST = 0.05       # floor of a drafted token's estimated cost, in single steps (timing noise)
 
@@ -55,7 +56,7 @@ class DraftLength:
         self._tests = 0.0
         self._t_single: Optional[float] = None  # seconds of a plain step (EMA)
         self._measured = False                   # `cost` still the prior
-        self._round_seconds: dict[int, float] = {}  # k -> seconds of a round of k drafts (EMA)
+        self._round_seconds: dict[int, tuple] = {}  # k -> (seconds of a round of k drafts (EMA), round)
         self._idle = 0
         self._rounds = 0
 
@@ -85,10 +86,12 @@ class DraftLength:
         return best_k
 
     def _cost_of(self, k: int) -> float:
-        seconds = self._round_seconds.get(k)
-        if seconds is None or not self._t_single:
+        seen = self._round_seconds.get(k)
+        # a length not drafted for a while is judged by the slope again (one slow round must not
+        # keep it out for good)
+        if seen is None or not self._t_single or self._rounds - seen[1] > FORGET_AFTER:
             return 1.0 + self.cost * k
-        return seconds / self._t_single
+        return seen[0] / self._t_single
 
     def next(self, others: int = 0) -> int:
         if not self.adaptive:
@@ -116,7 +119,8 @@ class DraftLength:
         self._tests = self.decay * self._tests + tests
         if self.measure and self._t_single:
             known = self._round_seconds.get(drafted)
-            self._round_seconds[drafted] = seconds if known is None else 0.7 * known + 0.3 * seconds
+            ema = seconds if known is None or self._rounds - known[1] > FORGET_AFTER else 0.7 * known[0] + 0.3 * seconds
+            self._round_seconds[drafted] = (ema, self._rounds)
             observed = min(2.0, max(MIN_COST, (seconds / self._t_single - 1.0) / drafted))
             # the first measurement replaces the prior; then an average that follows the machine
             self.cost = observed if not self._measured else 0.7 * self.cost + 0.3 * observed
