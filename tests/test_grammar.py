@@ -212,7 +212,7 @@ def test_a_grammar_constrained_generation_gives_its_mask_memory_back(tiny_model_
 
 @pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/clear_refs")
 def test_a_full_grammar_mask_needs_little_memory_while_it_runs(tiny_model_path):
-    """llama.cpp's grammar allocates ~110 bytes per candidate token while it masks: one call over the
+    """llama.cpp's grammar allocates ~340 bytes per candidate token while it masks: one call over the
     whole 152k vocabulary raised the peak RSS by ~50 MiB (106 -> 156 MiB here). The sampler masks
     in chunks of 8,192 candidates (the same answer: each candidate is judged alone), so the peak
     stays within a few MiB of the RSS before the request."""
