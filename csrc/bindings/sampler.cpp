@@ -241,8 +241,8 @@ private:
 
     // The full mask, kMaskChunk candidates at a time: llama.cpp's grammar judges every candidate
     // alone (its code points against the grammar's stacks), so the answer is the same as one call
-    // over the whole array, but the per-candidate blocks it allocates (~340 bytes a token: 50 MB at 152k) stay
-    // below ~1 MB instead of ~17 MB at the Qwen vocabulary's size, and are reused chunk to chunk.
+    // over the whole array, but the per-candidate blocks it allocates (~340 bytes a token) stay below
+    // ~3 MB instead of ~50 MB at the Qwen vocabulary's size, and are reused chunk to chunk.
     static constexpr size_t kMaskChunk = 8192;
     void mask_in_chunks(llama_token_data_array & arr) {
         for (size_t i = 0; i < arr.size; i += kMaskChunk) {
